@@ -1,0 +1,58 @@
+"""fairdarts: Fair DARTS and DARTS search, retraining and evaluation.
+
+The public API for notebooks and other tools::
+
+    import fairdarts
+    g = fairdarts.get_genotype("FairDARTS_a")
+    net = fairdarts.build_network(g, init_channels=36, layers=20)
+    logits, logits_aux = net(x)
+    cost = fairdarts.count_flops_params(net, (1, 3, 32, 32))
+    supernet = fairdarts.build_supernet(gate="sigmoid", primitives="fairdarts")
+    edges = fairdarts.derive(weights, fairdarts.FAIRDARTS_PRIMITIVES, "threshold_sparse", 0.85)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from fairdarts.errors import UserError
+from fairdarts.flops import ModelCost, count_flops_params
+from fairdarts.search_space import (
+    DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Genotype, NetworkCIFAR, NetworkImageNet, Supernet, derive,
+    get_genotype, registered_names, resolve_primitives,
+)
+
+__version__ = "0.1.0"
+
+
+def build_network(genotype: "Genotype | str", init_channels: int = 36, layers: int = 20,
+                  num_classes: int = 10, auxiliary: bool = False, dataset: str = "cifar10",
+                  in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+    """The derived network of a genotype (a Genotype, a name, a JSON file or the official text).
+
+    ``dataset="imagenet"`` builds the ImageNet network; anything else the CIFAR one.
+    """
+    if init_channels < 1 or layers < 1 or num_classes < 1:
+        raise UserError(f"network sizes must be positive, got init_channels={init_channels}, "
+                        f"layers={layers}, num_classes={num_classes}")
+    g = get_genotype(genotype)
+    if dataset == "imagenet":
+        return NetworkImageNet(init_channels, num_classes, layers, auxiliary, g, in_channels)
+    return NetworkCIFAR(init_channels, num_classes, layers, auxiliary, g, in_channels,
+                        image_size or 32)
+
+
+def build_supernet(gate: str = "sigmoid", primitives: "str | Sequence[str]" = "fairdarts",
+                   init_channels: int = 16, layers: int = 8, num_classes: int = 10,
+                   in_channels: int = 3, steps: int = 4, multiplier: int = 4) -> Supernet:
+    """The search supernet: ``sigmoid`` gate for Fair DARTS, ``softmax`` for DARTS."""
+    return Supernet(init_channels, num_classes, layers, resolve_primitives(primitives), gate=gate,
+                    steps=steps, multiplier=multiplier, in_channels=in_channels)
+
+
+__all__ = [
+    "build_network", "build_supernet", "count_flops_params", "derive", "get_genotype",
+    "registered_names", "Genotype", "ModelCost", "UserError", "DARTS_PRIMITIVES",
+    "FAIRDARTS_PRIMITIVES",
+]

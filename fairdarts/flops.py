@@ -1,0 +1,45 @@
+"""FLOPs and parameter counts as the papers report them.
+
+FLOPs are thop's multiply-accumulate count for one image with BatchNorm left out (the
+official note: "We remove batch normalization for FLOPs' calculation in thop package").
+Parameters are counted with and without the auxiliary head (Fair DARTS publishes most of
+its networks with it, DARTS without).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    flops: int
+    params: int
+    params_no_aux: int
+
+
+def _no_count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    module.total_ops += torch.zeros(1, dtype=torch.float64)
+
+
+def count_flops_params(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> ModelCost:
+    """thop MACs (BatchNorm excluded) of one forward pass in eval mode, and parameter counts."""
+    import copy
+
+    from thop import profile
+
+    params = sum(p.numel() for p in model.parameters())
+    aux = getattr(model, "auxiliary_head", None)
+    params_aux = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+    # thop registers buffers on the modules it visits: count on a throwaway copy.
+    probe = copy.deepcopy(model).eval()
+    device = next(probe.parameters()).device
+    custom = {nn.BatchNorm2d: _no_count, nn.BatchNorm1d: _no_count}
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        flops, _ = profile(probe, inputs=(torch.zeros(input_size, device=device),),
+                           custom_ops=custom, verbose=False)
+    return ModelCost(flops=int(round(flops)), params=params, params_no_aux=params - params_aux)
