@@ -38,7 +38,7 @@ def build_network(genotype: "Genotype | str", init_channels: int = 36, layers: i
                         f"layers={layers}, num_classes={num_classes}")
     g = get_genotype(genotype)
     if dataset == "imagenet":
-        return NetworkImageNet(init_channels, num_classes, layers, auxiliary, g, in_channels)
+        return NetworkImageNet(init_channels, num_classes, layers, auxiliary, g, in_channels, image_size or 224)
     return NetworkCIFAR(init_channels, num_classes, layers, auxiliary, g, in_channels,
                         image_size or 32)
 

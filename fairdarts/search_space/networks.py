@@ -151,13 +151,18 @@ class AuxiliaryHeadCIFAR(nn.Module):
 
 
 class AuxiliaryHeadImageNet(nn.Module):
-    """Auxiliary classifier on the 14x14 maps (the official one has no BN after the 2x2 conv)."""
+    """Auxiliary classifier on the 7x7 maps of a 224 px input (other sizes pool adaptively to 2x2).
 
-    def __init__(self, C: int, num_classes: int):
+    The official head has no BN after the 2x2 conv (a typo kept for its published results).
+    """
+
+    def __init__(self, C: int, num_classes: int, feature_size: int = 7):
         super().__init__()
+        pool: nn.Module = (nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False)
+                           if feature_size >= 7 else nn.AdaptiveAvgPool2d(2))
         self.features = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            pool,
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
@@ -236,7 +241,7 @@ class NetworkImageNet(_StackedCells):
     """The ImageNet network: two stride-2 stems (stride 8 in all), then the cells."""
 
     def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
-                 in_channels: int = 3):
+                 in_channels: int = 3, image_size: int = 224):
         super().__init__()
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
@@ -251,7 +256,7 @@ class NetworkImageNet(_StackedCells):
             nn.BatchNorm2d(C),
         )
         C_aux = self._build_cells(genotype, C, layers, C, reduction_prev=True)
-        self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes) if auxiliary else None
+        self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes, image_size // 32) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self._C_final, num_classes)
 

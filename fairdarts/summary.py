@@ -1,0 +1,84 @@
+"""FLOPs and parameter counts of derived networks: ``python -m fairdarts.summary --arch FairDARTS_a``.
+
+Counts as the papers do: thop MACs for one image with BatchNorm excluded, parameters with
+and without the auxiliary head. ``--all`` tabulates every registered genotype, ``--json``
+prints the same rows as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+from fairdarts import build_network, count_flops_params, get_genotype, registered_names
+from fairdarts.errors import CLIParser, UserError, run_cli
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    flops: int
+    params: int
+    params_no_aux: int
+
+
+def summarize(arch: str, init_channels: int = 36, layers: int = 20, num_classes: int = 10,
+              image_size: int = 32, in_channels: int = 3, dataset: str = "cifar10") -> SummaryRow:
+    """FLOPs and params of ``arch`` built with the auxiliary head (counted separately)."""
+    net = build_network(get_genotype(arch), init_channels, layers, num_classes, auxiliary=True,
+                        dataset=dataset, in_channels=in_channels, image_size=image_size)
+    cost = count_flops_params(net, (1, in_channels, image_size, image_size))
+    return SummaryRow(str(arch), cost.flops, cost.params, cost.params_no_aux)
+
+
+def format_table(rows: list[SummaryRow]) -> str:
+    width = max([len(r.name) for r in rows] + [8])
+    lines = [f"{'genotype':<{width}}  {'FLOPs (M)':>10}  {'params (M)':>10}  {'no aux (M)':>10}"]
+    lines += [f"{r.name:<{width}}  {r.flops / 1e6:>10.1f}  {r.params / 1e6:>10.3f}  {r.params_no_aux / 1e6:>10.3f}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CLIParser(prog="python -m fairdarts.summary", description=__doc__,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="genotype name, JSON file, search run folder or Genotype(...) text")
+    which.add_argument("--all", action="store_true", help="every registered genotype")
+    p.add_argument("--init_channels", type=_positive, default=36)
+    p.add_argument("--layers", type=_positive, default=20)
+    p.add_argument("--num_classes", type=_positive, default=10)
+    p.add_argument("--image_size", type=_positive, default=32)
+    p.add_argument("--in_channels", type=_positive, default=3)
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenet"],
+                   help="imagenet builds the ImageNet network (use --image_size 224)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, flops, params, params_no_aux}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = registered_names() if args.all else [args.arch]
+    rows = []
+    for name in names:
+        try:
+            rows.append(summarize(name, args.init_channels, args.layers, args.num_classes,
+                                  args.image_size, args.in_channels, args.dataset))
+        except UserError:
+            raise
+        except RuntimeError as exc:  # e.g. an image too small for the network
+            raise UserError(f"cannot build {name} at {args.image_size} px: {str(exc).splitlines()[0]}") from None
+    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

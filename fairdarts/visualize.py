@@ -1,0 +1,108 @@
+"""Cell pictures: ``python -m fairdarts.visualize --arch FairDARTS_a`` writes PNG and SVG.
+
+Nodes: the two cell inputs ``c_{k-2}``, ``c_{k-1}``, the intermediate nodes and the output
+``c_{k}``; edges are labelled by op. Isolated intermediate nodes of a Fair DARTS genotype
+(no incoming edge) are drawn grey and dashed: the derived network drops them. Rendering
+uses Graphviz's ``dot`` program (Debian package ``graphviz``); the DOT source is written
+even when ``dot`` is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+
+from fairdarts.errors import CLIParser, UserError, run_cli
+from fairdarts.search_space.genotypes import Genotype, get_genotype
+
+INSTALL_HINT = "install Graphviz to render it: `apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', r'\"') + '"'
+
+
+def cell_to_dot(genotype: Genotype, reduction: bool, title: str = "") -> str:
+    """The DOT source of one cell."""
+    edges, _ = genotype.cell(reduction)
+    live = genotype.live_nodes(reduction)
+    steps = max([e.to for e in edges] + [5]) - 1
+    lines = [
+        "digraph cell {",
+        "  rankdir=LR;",
+        f"  label={_quote(title)}; labelloc=t; fontname=Helvetica;",
+        "  node [style=filled, shape=rect, fontname=Helvetica, fontsize=18, height=0.5];",
+        "  edge [fontname=Helvetica, fontsize=14];",
+        '  "c_{k-2}" [fillcolor=darkseagreen2];',
+        '  "c_{k-1}" [fillcolor=darkseagreen2];',
+        '  "c_{k}" [fillcolor=palegoldenrod];',
+    ]
+    node_name = {0: "c_{k-2}", 1: "c_{k-1}"}
+    for node in range(2, steps + 2):
+        node_name[node] = str(node - 2)
+        if node in live:
+            lines.append(f"  {_quote(node_name[node])} [shape=circle, fillcolor=lightblue];")
+        else:
+            lines.append(f"  {_quote(node_name[node])} [shape=circle, fillcolor=gray85, fontcolor=gray50, "
+                         "style=\"filled,dashed\", color=gray60];")
+    for e in edges:
+        label = e.op if e.weight is None else f"{e.op} x{e.weight:g}"
+        dead = e.src >= 2 and e.src not in live
+        style = ", color=gray60, fontcolor=gray50, style=dashed" if dead else ""
+        lines.append(f"  {_quote(node_name[e.src])} -> {_quote(node_name[e.to])} [label={_quote(label)}{style}];")
+    for node in live:
+        lines.append(f"  {_quote(node_name[node])} -> \"c_{{k}}\" [color=gray];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_genotype(genotype: Genotype, out_dir: str | Path, name: str = "genotype") -> list[Path]:
+    """Write ``<name>_normal`` and ``<name>_reduction`` as .dot, and .png/.svg when ``dot`` exists.
+
+    Returns the written picture files (empty when Graphviz is absent).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dot = shutil.which("dot")
+    written: list[Path] = []
+    for reduction, kind in ((False, "normal"), (True, "reduction")):
+        stem = out / f"{name}_{kind}"
+        stem.with_suffix(".dot").write_text(cell_to_dot(genotype, reduction, f"{name}: {kind} cell"))
+        if dot is None:
+            continue
+        for fmt in ("png", "svg"):
+            target = stem.with_suffix(f".{fmt}")
+            result = subprocess.run([dot, f"-T{fmt}", str(stem.with_suffix(".dot")), "-o", str(target)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise UserError(f"graphviz failed to render {target}: {result.stderr.strip()[:200]}")
+            written.append(target)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CLIParser(prog="python -m fairdarts.visualize", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, help="genotype name, JSON file, search run folder or Genotype(...) text")
+    p.add_argument("--out", default="cells", help="output folder (default: ./cells)")
+    p.add_argument("--name", default=None, help="file name prefix (default: the arch name)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    genotype = get_genotype(args.arch)
+    name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
+    if not name.replace("_", "").replace("-", "").isalnum():
+        name = "genotype"
+    written = render_genotype(genotype, args.out, name)
+    if not written:
+        print(f"wrote DOT files to {args.out}; {INSTALL_HINT}")
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
