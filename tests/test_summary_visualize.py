@@ -1,0 +1,60 @@
+"""The summary (FLOPs/params) and visualize command lines."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fairdarts.search_space import get_genotype
+from fairdarts.visualize import cell_to_dot
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_summary_json_rows() -> None:
+    out = run("-m", "fairdarts.summary", "--arch", "FairDARTS_a", "--json", "--layers", "8", "--init_channels", "16")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["name"] == "FairDARTS_a" and row["flops"] > 0 and row["params"] > row["params_no_aux"] > 0
+
+
+def test_summary_table_for_a_genotype_file(tmp_path: Path) -> None:
+    (tmp_path / "g.json").write_text(get_genotype("PDARTS").to_json())
+    out = run("-m", "fairdarts.summary", "--arch", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stderr
+    assert "532.2" in out.stdout  # PDARTS: 532M FLOPs published
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "FairDARTS_z"], "unknown arch"),
+    (["--arch", "FairDARTS_a", "--layers", "-1"], "positive"),
+    (["--all", "--arch", "FairDARTS_a"], "not allowed"),
+    (["--arch", "FairDARTS_a", "--bogus"], "unrecognized"),
+])
+def test_summary_bad_input_is_one_line(args: list[str], message: str) -> None:
+    out = run("-m", "fairdarts.summary", *args)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_isolated_nodes_are_grey_in_the_dot_source() -> None:
+    dot = cell_to_dot(get_genotype("FairDARTS_c"), reduction=False)
+    assert '"1" [shape=circle, fillcolor=gray85' in dot  # node 3 (drawn "1") has no input
+    assert dot.count("label=") == 1 + len(get_genotype("FairDARTS_c").normal)
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
+def test_visualize_writes_png_and_svg(tmp_path: Path) -> None:
+    out = run("-m", "fairdarts.visualize", "--arch", "FairDARTS_a", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for kind in ("normal", "reduction"):
+        assert (tmp_path / f"FairDARTS_a_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (tmp_path / f"FairDARTS_a_{kind}.svg").read_text()
