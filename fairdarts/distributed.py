@@ -54,6 +54,14 @@ class DistContext:
     def is_distributed(self) -> bool:
         return self.world_size > 1
 
+    def per_rank_batch(self, global_batch: int) -> int:
+        """``--batch_size`` is global: each of the ``world_size`` ranks takes an equal share."""
+        share = global_batch // self.world_size
+        if share < 1 or share * self.world_size != global_batch:
+            raise UserError(f"--batch_size {global_batch} (global) does not split evenly over "
+                            f"{self.world_size} ranks; use a multiple of {self.world_size}")
+        return share
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))

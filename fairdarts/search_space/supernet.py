@@ -9,7 +9,12 @@ the last ``multiplier`` nodes concatenated); the implementation is leaner:
 * conv ops and the stride-2 skip start with a ReLU; the cell computes ``relu(h)`` once per
   node state and hands it to every such op instead of six ReLUs per edge;
 * ``none`` contributes ``w * 0``: it is skipped (its alpha still gets its gradient through
-  the softmax normalisation, which is computed from all alphas).
+  the softmax normalisation, which is computed from all alphas);
+* every node is one running ``addcmul`` over all its ``w_k * op_k(h)`` terms, not a separate
+  product and sum per op, edge and node;
+* on the CPU the network runs channels-last: oneDNN's depthwise, pooling and BatchNorm
+  kernels are several times faster in NHWC (benchmarks/bench_vs_textbook.py measured a
+  search step ~3x faster than NCHW on 2 cores).
 
 Alphas are ``nn.Parameter`` s of the module (so DDP and ``state_dict`` see them), reached
 through :meth:`Supernet.arch_parameters`; the op weights through :meth:`weight_parameters`.
@@ -59,10 +64,14 @@ class MixedOp(nn.Module):
                             for name in self.primitives]
         self._active = [k for k, name in enumerate(self.primitives) if name != "none"]
 
-    def forward(self, x: torch.Tensor, x_relu: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = 0
+    def forward(self, x: torch.Tensor, x_relu: torch.Tensor, weights: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out + sum_k w_k * op_k(x)``: ``out`` lets a node accumulate all its edges in one chain."""
         for k in self._active:
-            out = out + weights[k] * self._ops[k](x_relu if self._reads_relu[k] else x)
+            y = self._ops[k](x_relu if self._reads_relu[k] else x)
+            out = weights[k] * y if out is None else torch.addcmul(out, weights[k], y)
+        if out is None:  # only 'none' ops on this edge: a zero tensor of the output shape
+            out = weights[0] * self._ops[0](x)
         return out
 
 
@@ -90,8 +99,9 @@ class SearchCell(nn.Module):
         relus = [F.relu(s) for s in states]
         offset = 0
         for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, r, weights[offset + j])
-                    for j, (h, r) in enumerate(zip(states, relus)))
+            s = None
+            for j, (h, r) in enumerate(zip(states, relus)):
+                s = self._ops[offset + j](h, r, weights[offset + j], s)
             offset += len(states)
             states.append(s)
             relus.append(F.relu(s))
@@ -161,6 +171,8 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_normal, w_reduce = self.gated_weights()
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
