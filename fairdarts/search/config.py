@@ -1,0 +1,88 @@
+"""Every default of the search, in one place: the official Fair DARTS flags and values.
+
+``configs/search_*.yaml`` are presets on top of these (DARTS first and second order carry the
+DARTS values: batch 64, lr 0.025, arch lr 3e-4, betas (0.5, 0.999), softmax over 8 ops).
+Field names are the official flag names, so ``--batch_size`` etc. keep their meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fairdarts.config import field_help
+from fairdarts.errors import UserError
+from fairdarts.search.architect import HESSIAN_MODES
+from fairdarts.search.losses import SEP_LOSSES
+from fairdarts.search_space import GATES, METHODS, resolve_primitives
+
+DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "folder", "synthetic")
+
+#: Flags that may change when a run is resumed: none of them alters what the search computes.
+RESUME_OVERRIDABLE: frozenset[str] = frozenset(
+    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite"})
+
+
+@dataclass
+class SearchConfig:
+    # ----- data ------------------------------------------------------------------------
+    data: str = field_help("data", "dataset root (torchvision on-disk layout; an ImageFolder tree for 'folder')")
+    dataset: str = field_help("cifar10", "dataset to search on", choices=DATASET_CHOICES)
+    download: bool = field_help(False, "download the dataset into --data if it is missing")
+    train_portion: float = field_help(0.5, "fraction of the training set for the weights; the rest trains the alphas",
+                                      low=0.0, high=1.0, low_open=True, high_open=True)
+    subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=2)
+    image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
+    cutout: bool = field_help(False, "use cutout on the weight batches")
+    cutout_length: int = field_help(16, "cutout length", low=1)
+    workers: int = field_help(2, "DataLoader workers (only for on-disk datasets such as 'folder')", low=0)
+    # ----- network ---------------------------------------------------------------------
+    init_channels: int = field_help(16, "channels of the first cell", low=1)
+    layers: int = field_help(8, "number of cells in the supernet", low=1)
+    primitives: str = field_help("fairdarts", "candidate ops: 'fairdarts' (7 ops), 'darts' (+ none) or a comma list")
+    gate: str = field_help("sigmoid", "sigmoid (Fair DARTS, independent gates) or softmax (DARTS)", choices=GATES)
+    alpha_init: str = field_help("auto", "alpha init: zeros (sigmoid 0.5), randn (1e-3 N(0,1)); auto picks by gate",
+                                 choices=("auto", "zeros", "randn"))
+    # ----- weights ---------------------------------------------------------------------
+    epochs: int = field_help(50, "search epochs", low=1)
+    batch_size: int = field_help(128, "GLOBAL batch size of weight and architecture batches, split over torchrun ranks", low=1)
+    learning_rate: float = field_help(0.005, "initial SGD learning rate of the weights", low=0.0)
+    learning_rate_min: float = field_help(0.001, "final learning rate of the cosine schedule", low=0.0)
+    momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
+    weight_decay: float = field_help(3e-4, "SGD weight decay", low=0.0)
+    grad_clip: float = field_help(5.0, "gradient clipping (max norm) of the weights", low=0.0, low_open=True)
+    # ----- architecture ----------------------------------------------------------------
+    arch_learning_rate: float = field_help(3e-3, "Adam learning rate of the alphas", low=0.0)
+    arch_weight_decay: float = field_help(1e-3, "Adam weight decay of the alphas", low=0.0)
+    arch_beta1: float = field_help(0.9, "Adam beta1 of the alphas (DARTS: 0.5)", low=0.0, high=1.0, high_open=True)
+    arch_beta2: float = field_help(0.999, "Adam beta2 of the alphas", low=0.0, high=1.0, high_open=True)
+    aux_loss_weight: float = field_help(10.0, "weight of the zero-one loss (sigmoid gate only)", low=0.0)
+    sep_loss: str = field_help("l2", "form of the zero-one loss", choices=SEP_LOSSES)
+    unrolled: bool = field_help(False, "second-order architecture gradient (DARTS)")
+    hessian: str = field_help("finite_difference", "second-order Hessian-vector product", choices=HESSIAN_MODES)
+    single_level: bool = field_help(False, "step weights and alphas together on the training batch")
+    # ----- derivation ------------------------------------------------------------------
+    parse_method: str = field_help("threshold_sparse", "how a genotype is derived from the gates", choices=METHODS)
+    op_threshold: float = field_help(0.85, "gate threshold of the threshold_* parse methods", low=0.0, high=1.0)
+    # ----- run -------------------------------------------------------------------------
+    seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0)
+    save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
+    resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
+    device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    report_freq: int = field_help(50, "log every N steps", low=1)
+    max_steps_per_epoch: int | None = field_help(
+        None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)
+    progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")
+    skip_nonfinite: bool = field_help(False, "skip a step whose loss is inf or nan instead of stopping the run")
+
+    def validate(self) -> None:
+        resolve_primitives(self.primitives)  # raises UserError with the known ops
+        if self.unrolled and self.single_level:
+            raise UserError("--unrolled and --single_level exclude each other: single level has no validation batch")
+        if self.learning_rate_min > self.learning_rate:
+            raise UserError(f"--learning_rate_min ({self.learning_rate_min}) exceeds --learning_rate ({self.learning_rate})")
+        if self.dataset == "folder" and self.download:
+            raise UserError("--download is not available for --dataset folder; point --data at an ImageFolder tree")
+
+    @property
+    def zero_one_weight(self) -> float:
+        """The zero-one loss is defined on sigmoid gates: softmax (DARTS) searches run without it."""
+        return self.aux_loss_weight if self.gate == "sigmoid" else 0.0

@@ -1,0 +1,88 @@
+"""Re-derive a genotype from a finished (or running) search without searching again.
+
+    python -m fairdarts.search.derive_cli RUN_DIR --parse_method threshold_edge --op_threshold 0.6
+    fairdarts-derive path/to/normal_weight.npy --primitives fairdarts --out g.json
+
+Reads the final gate values (``normal_weight.npy`` / ``reduce_weight.npy``); the run's
+``config.yaml`` supplies the primitives and the default method and threshold. Prints the
+official ``Genotype(...)`` text; ``--out`` also writes the JSON that ``get_genotype`` reads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fairdarts.config import load_config_file
+from fairdarts.errors import CLIParser, UserError, run_cli
+from fairdarts.run_dir import atomic_write_text
+from fairdarts.search.artifacts import derive_genotype
+from fairdarts.search.config import SearchConfig
+from fairdarts.search_space import METHODS, PRIMITIVE_SETS, resolve_primitives
+
+
+def build_parser() -> CLIParser:
+    p = CLIParser(prog="fairdarts-derive", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="search run folder, or a normal_weight.npy file")
+    p.add_argument("--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")
+    p.add_argument("--parse_method", choices=METHODS, default=None, help="default: the run's, else threshold_sparse")
+    p.add_argument("--op_threshold", type=float, default=None, help="default: the run's, else 0.85")
+    p.add_argument("--primitives", default=None,
+                   help="op names of the columns: fairdarts, darts or a comma list (default: the run's config)")
+    p.add_argument("--out", default=None, help="write the genotype JSON here")
+    return p
+
+
+def _load_weights(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"{path} not found; a search run folder holds normal_weight.npy and reduce_weight.npy")
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as a .npy array: {exc}") from None
+    if w.ndim != 2:
+        raise UserError(f"{path} holds an array of shape {w.shape}; expected edges x ops (e.g. 14 x 7)")
+    return w
+
+
+def _run_config(folder: Path) -> SearchConfig | None:
+    path = folder / "config.yaml"
+    return load_config_file(SearchConfig, path) if path.is_file() else None
+
+
+def _default_primitives(n_ops: int) -> tuple[str, ...]:
+    for names in PRIMITIVE_SETS.values():
+        if len(names) == n_ops:
+            return names
+    raise UserError(f"the weights have {n_ops} op columns; say which ops with --primitives a,b,c")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    source = Path(args.source)
+    normal_path = source / "normal_weight.npy" if source.is_dir() else source
+    reduce_path = Path(args.reduce) if args.reduce else normal_path.parent / "reduce_weight.npy"
+    normal, reduce = _load_weights(normal_path), _load_weights(reduce_path)
+    if normal.shape != reduce.shape:
+        raise UserError(f"normal weights {normal.shape} and reduce weights {reduce.shape} differ in shape")
+
+    cfg = _run_config(normal_path.parent)
+    if args.primitives:
+        primitives = resolve_primitives(args.primitives)
+    elif cfg is not None:
+        primitives = resolve_primitives(cfg.primitives)
+    else:
+        primitives = _default_primitives(normal.shape[1])
+    method = args.parse_method or (cfg.parse_method if cfg else "threshold_sparse")
+    threshold = args.op_threshold if args.op_threshold is not None else (cfg.op_threshold if cfg else 0.85)
+
+    genotype = derive_genotype(normal, reduce, primitives, method, threshold)
+    print(genotype.to_text())
+    if args.out:
+        atomic_write_text(Path(args.out), genotype.to_json() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,277 @@
+"""One search run: data, supernet, optimizers, the epoch loop, run-folder outputs, resume.
+
+Per epoch: search steps over the weight half (each an architecture step on the next batch of
+a persistent iterator over the architecture half, then a weight step), validation on the
+architecture half (eval mode, no augmentation; reported as valid acc like the official code),
+the derived genotype, the alpha history, plots, and an atomic ``checkpoint.pt``.
+
+The cosine schedule is stepped *after* each epoch (the official code steps it before, which
+shifts it by one epoch on current PyTorch); see :func:`fairdarts.search.loop.make_scheduler`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.data import (
+    BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader, resize_images,
+    split_train_portion,
+)
+from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
+from fairdarts.errors import UserError
+from fairdarts.guards import NonFiniteGuard
+from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from fairdarts.run_dir import MetricsWriter, progress
+from fairdarts.search.architect import ArchObjective, Architect
+from fairdarts.search.artifacts import (
+    AlphaHistory, derive_genotype, plot_alpha_history, write_gate_weights, write_genotype,
+)
+from fairdarts.search.config import SearchConfig
+from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
+from fairdarts.search_space import Genotype, Supernet, resolve_primitives
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "fairdarts-search/1"
+
+
+# ----- data ---------------------------------------------------------------------------------
+@dataclass
+class SearchData:
+    train: Any                    # weight batches; has set_epoch(e)
+    arch: Iterator                # persistent iterator over the architecture half
+    valid: Iterable               # the architecture half, no augmentation, fixed order
+    num_classes: int
+    in_channels: int
+
+
+def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
+    """Split the training set by ``train_portion``: weights on the first part, alphas on the rest.
+
+    In-memory datasets are cut to ``--subset`` before resizing (so a CPU smoke run does not
+    resize 50k images) and augmented on the device; on-disk trees (``folder``) go through
+    DataLoader workers with their own transforms (validation then sees the training transforms,
+    as in the official code)."""
+    on_disk = cfg.dataset in ("folder", "imagenet")
+    data = load_dataset(cfg.dataset, cfg.data, "train", download=cfg.download,
+                        image_size=cfg.image_size if on_disk else None)
+    n, info = len(data), data.info
+    if cfg.subset is not None and cfg.subset < n:
+        n = cfg.subset
+        data = torch.utils.data.Subset(data, range(n)) if on_disk else data.subset(range(n))
+    if not on_disk and cfg.image_size:
+        data = resize_images(data, cfg.image_size)
+    w_idx, a_idx = split_train_portion(n, cfg.train_portion)
+    if not w_idx or not a_idx:
+        raise UserError(f"--train_portion {cfg.train_portion} of {n} images leaves an empty half; use more images")
+    ranks = dict(rank=dist.rank, world_size=dist.world_size, batch_size=dist.per_rank_batch(cfg.batch_size))
+    if isinstance(data, InMemoryImages):
+        cutout = cfg.cutout_length if cfg.cutout else 0
+        kw = dict(device=dist.device, **ranks)
+        train = InMemoryLoader(data, w_idx, shuffle=True, seed=cfg.seed,
+                               augment=BatchAugment(info.mean, info.std, cutout_length=cutout), **kw)
+        arch = InMemoryLoader(data, a_idx, shuffle=True, seed=cfg.seed + 1,
+                              augment=BatchAugment(info.mean, info.std), **kw)
+        valid = InMemoryLoader(data, a_idx, shuffle=False, augment=None, seed=cfg.seed, **kw)
+    else:
+        kw = dict(workers=cfg.workers, device=dist.device, **ranks)
+        sub = torch.utils.data.Subset
+        train = make_dataloader(sub(data, w_idx), shuffle=True, seed=cfg.seed, **kw)
+        arch = make_dataloader(sub(data, a_idx), shuffle=True, seed=cfg.seed + 1, **kw)
+        valid = make_dataloader(sub(data, a_idx), shuffle=False, seed=cfg.seed, **kw)
+    return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels)
+
+
+# ----- model and optimizers -----------------------------------------------------------------
+def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int, device: torch.device) -> Supernet:
+    model = Supernet(cfg.init_channels, num_classes, cfg.layers, resolve_primitives(cfg.primitives),
+                     gate=cfg.gate, in_channels=in_channels, alpha_init=cfg.alpha_init)
+    return model.to(device)
+
+
+def build_step(cfg: SearchConfig, model: Supernet, dist: DistContext | None = None,
+               guard: NonFiniteGuard | None = None) -> SearchStep:
+    """The architect, the weight optimizer and the step that uses them, from a config."""
+    reduce = _grad_reducer(dist)
+    w_optimizer = torch.optim.SGD(model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+    architect = Architect(model, cfg.arch_learning_rate, (cfg.arch_beta1, cfg.arch_beta2), cfg.arch_weight_decay,
+                          ArchObjective(cfg.zero_one_weight, cfg.sep_loss), unrolled=cfg.unrolled,
+                          hessian=cfg.hessian, reduce_grads=reduce, guard=guard)
+    return SearchStep(model, architect, w_optimizer, cfg.grad_clip, cfg.single_level, reduce, guard)
+
+
+def _grad_reducer(dist: DistContext | None):
+    """Under torchrun every gradient is averaged over ranks (no DDP wrapper: the architecture
+    step takes gradients with torch.autograd.grad, which DDP's reducer does not see)."""
+    if dist is None or not dist.is_distributed:
+        return None
+
+    def reduce(grads: Sequence[Tensor]) -> None:
+        for g in grads:
+            all_reduce_mean_(g)
+    return reduce
+
+
+# ----- the run ------------------------------------------------------------------------------
+class Searcher:
+    """Everything one run holds; :meth:`run` searches from the start or from a checkpoint."""
+
+    def __init__(self, cfg: SearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
+                 data: SearchData | None = None):
+        self.cfg, self.run_dir, self.dist, self.log = cfg, run_dir, dist, logger
+        seed_everything(cfg.seed)
+        self.data = data if data is not None else build_data(cfg, dist)
+        self.primitives = resolve_primitives(cfg.primitives)
+        self.model = build_supernet(cfg, self.data.num_classes, self.data.in_channels, dist.device)
+        self.guard = NonFiniteGuard(cfg.skip_nonfinite)
+        self.step = build_step(cfg, self.model, dist, self.guard)
+        self.history = AlphaHistory()
+        self.start_epoch = 0
+        self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
+
+    # ----- checkpoint ----------------------------------------------------------------------
+    def state_dict(self, epochs_done: int, genotype: Genotype) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epochs_done,
+            "model": self.model.state_dict(),
+            "w_optimizer": self.step.w_optimizer.state_dict(),
+            "a_optimizer": self.step.architect.optimizer.state_dict(),
+            "arch_batches": self.data.arch.state_dict(),
+            "rng": capture_rng_state(),
+            "alpha_history": self.history.state_dict(),
+            "config": dataclasses.asdict(self.cfg),
+            "genotype": genotype.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint is not a search checkpoint ({CHECKPOINT_FORMAT}); cannot resume from it")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.step.w_optimizer.load_state_dict(state["w_optimizer"])
+            self.step.architect.optimizer.load_state_dict(state["a_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint does not match this search's supernet: {first}") from None
+        self.data.arch.load_state_dict(state["arch_batches"])
+        self.history = AlphaHistory.from_state_dict(state["alpha_history"])
+        self.start_epoch = int(state["epoch"])
+        restore_rng_state(state["rng"])
+
+    def resume(self, path: Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
+
+    # ----- loop ----------------------------------------------------------------------------
+    def run(self) -> Genotype:
+        cfg = self.cfg
+        scheduler = make_scheduler(self.step.w_optimizer, cfg.learning_rate, cfg.learning_rate_min, cfg.epochs,
+                                   self.start_epoch)
+        genotype = self.current_genotype()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            lr = scheduler.get_last_lr()[0]
+            t0 = time.perf_counter()
+            stats = self.train_one_epoch(epoch, lr)
+            valid_loss, valid_acc = self.validate()
+            genotype = self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
+            scheduler.step()
+        if self.dist.is_main:
+            self.finish(genotype)
+        self.writer.close()
+        return genotype
+
+    def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
+        cfg = self.cfg
+        self.data.train.set_epoch(epoch)
+        total = len(self.data.train) if cfg.max_steps_per_epoch is None else min(len(self.data.train), cfg.max_steps_per_epoch)
+        batches = progress(self.data.train, total=total, desc=f"epoch {epoch}", enabled=cfg.progress and self.dist.is_main)
+        batches = self.guard.track(epoch, batches)
+
+        def report(step: int, m: dict[str, float]) -> None:
+            self.log.info("epoch %d step %03d/%d loss %.4f acc %.2f arch_loss %.4f zero_one %.3e",
+                          epoch, step, total, m["loss"], m["acc"], m["arch_loss"], m["zero_one"])
+
+        self.log.info("epoch %d lr %.6e", epoch, lr)
+        return train_epoch(self.step, batches, None if cfg.single_level else self.data.arch,
+                           cfg.max_steps_per_epoch, report, cfg.report_freq)
+
+    def validate(self) -> tuple[float, float]:
+        sums = validate(self.model, self.data.valid, self.cfg.max_steps_per_epoch)
+        if self.dist.is_distributed:
+            all_reduce_sum_(sums)
+        loss_sum, correct, n = sums.tolist()
+        return (loss_sum / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
+
+    def current_genotype(self) -> Genotype:
+        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
+        return derive_genotype(normal, reduce, self.primitives, self.cfg.parse_method, self.cfg.op_threshold)
+
+    def end_of_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
+                     seconds: float) -> Genotype:
+        genotype = self.current_genotype()
+        gated = self.model.gated_weights()
+        self.history.record(epoch, self.model.arch_parameters(), gated)
+        skips = genotype.count_op("skip_connect", reduction=False)
+        self.log.info("epoch %d train_acc %.2f train_loss %.4f valid_acc %.2f valid_loss %.4f arch_loss %.4f "
+                      "zero_one %.3e (%.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc, valid_loss,
+                      stats.arch_loss, stats.zero_one, seconds)
+        self.log.info("epoch %d genotype %s", epoch, genotype.to_text())
+        if self.dist.is_main:
+            self._write_epoch(epoch, lr, stats, valid_loss, valid_acc, genotype, gated, skips)
+        return genotype
+
+    def _write_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
+                     genotype: Genotype, gated: tuple[Tensor, Tensor], skips: int) -> None:
+        scalars = {"train/loss": stats.train_loss, "train/acc": stats.train_acc, "valid/loss": valid_loss,
+                   "valid/acc": valid_acc, "arch/loss": stats.arch_loss, "arch/cross_entropy": stats.arch_ce,
+                   "arch/zero_one_loss": stats.zero_one, "lr": lr, "genotype/skip_connect_normal": skips,
+                   "genotype/edges_normal": len(genotype.normal), "genotype/edges_reduce": len(genotype.reduce)}
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, epoch)
+        for cell, w in zip(("normal", "reduce"), gated):
+            self.writer.add_histogram(f"gates/{cell}", w.detach().cpu(), epoch)
+        write_genotype(self.run_dir, genotype, epoch)
+        normal, reduce = (w.detach().cpu().numpy() for w in gated)
+        write_gate_weights(self.run_dir, normal, reduce)
+        self.history.save_npz(self.run_dir / "alpha_history.npz")
+        plot_alpha_history(self.history, self.primitives, self.run_dir / "plots")
+        save_checkpoint(self.state_dict(epoch + 1, genotype), self.run_dir / CHECKPOINT)
+
+    def finish(self, genotype: Genotype) -> None:
+        """The final genotype files and, when the cells have edges, their pictures."""
+        write_genotype(self.run_dir, genotype)
+        self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.parse_method, self.cfg.op_threshold,
+                      genotype.to_text())
+        if not genotype.normal or not genotype.reduce:
+            self.log.info("a derived cell is empty (no gate reached --op_threshold %s); re-derive with "
+                          "`python -m fairdarts.search.derive_cli %s --parse_method darts`",
+                          self.cfg.op_threshold, self.run_dir)
+            return
+        try:
+            from fairdarts.visualize import render_genotype
+        except ImportError:
+            return
+        try:
+            render_genotype(genotype, self.run_dir / "plots", "genotype")
+        except UserError as exc:
+            self.log.info("cell pictures skipped: %s", exc)
+
+
+def checkpoint_path(resume: str) -> Path:
+    """``--resume`` takes a run folder or its checkpoint file."""
+    path = Path(resume)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"--resume {resume}: no {CHECKPOINT} there; pass a search run folder or its checkpoint.pt")
+    return path
+

@@ -1,0 +1,137 @@
+"""Data-parallel search under torchrun (2 CPU processes, gloo, loopback only).
+
+The 2-process run must end with the alphas of a 1-process run on the same global batches,
+and both ranks must hold identical alphas after every step.
+
+Why the equality configuration is exact: the supernet's BatchNorm normalises with the
+statistics of the batch each process sees, so in general a shard's statistics differ from
+the global batch's. Here every global batch is a batch ``A`` stacked twice, ``[A; A]``: each
+rank's shard is ``A``, and the mean and (biased) variance of ``[A; A]`` equal those of ``A``;
+the mean cross entropy over ``[A; A]`` equals the one over ``A``; so the global gradients
+equal the average of the shard gradients that the ranks all-reduce, first and second order.
+A second configuration gives the ranks different shards (where per-shard BatchNorm makes the
+result differ from one process) and checks only that the ranks stay identical, which fails
+if any gradient, weight or alpha, is not all-reduced. Float64 keeps rounding out of the way.
+
+The file is also the worker: ``python tests/test_search_ddp.py OUT.json`` (run alone or
+under torchrun).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 2
+SHARD = 4          # images per rank and step
+WORLD = 2
+CONFIGS = [("duplicated", False), ("duplicated", True), ("distinct", False), ("distinct", True)]
+
+
+# ----- worker -----------------------------------------------------------------------------
+def _global_batch(g: torch.Generator, duplicated: bool, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``WORLD * SHARD`` images: ``[A; A]`` when duplicated; a fixed global size either way."""
+    n = SHARD if duplicated else SHARD * WORLD
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    if duplicated:
+        x, y = x.repeat(WORLD, 1, 1, 1), y.repeat(WORLD)
+    return x, y
+
+
+def _run(mode: str, unrolled: bool, dist_ctx) -> dict[str, object]:
+    from fairdarts.distributed import all_reduce_sum_
+    from fairdarts.reproducibility import seed_everything
+    from fairdarts.search.config import SearchConfig
+    from fairdarts.search.searcher import build_step, build_supernet
+
+    cfg = SearchConfig(init_channels=4, layers=3, batch_size=SHARD * WORLD, unrolled=unrolled, seed=3)
+    seed_everything(cfg.seed)
+    model = build_supernet(cfg, 10, 3, dist_ctx.device)
+    step = build_step(cfg, model, dist_ctx)
+    g = torch.Generator().manual_seed(11)
+    rank, world = dist_ctx.rank, dist_ctx.world_size
+    identical = True
+    for _ in range(STEPS):
+        batches = [_global_batch(g, mode == "duplicated", WORLD) for _ in range(2)]
+        per_rank = len(batches[0][0]) // world
+        shard = [(x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank])
+                 for x, y in batches]
+        step(shard[0], shard[1])
+        state = torch.cat([p.detach().flatten() for p in model.parameters()])
+        total = all_reduce_sum_(state.clone())
+        identical &= bool(torch.equal(total, state * world))
+    return {"alphas": [a.detach().tolist() for a in model.arch_parameters()], "identical": identical}
+
+
+def worker(out: Path) -> None:
+    from fairdarts.distributed import cleanup_distributed, init_distributed
+
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    results = {f"{mode}-{'2nd' if unrolled else '1st'}": _run(mode, unrolled, ctx) for mode, unrolled in CONFIGS}
+    if ctx.is_main:
+        out.write_text(json.dumps({"world_size": ctx.world_size, "results": results}))
+    cleanup_distributed()
+
+
+# ----- tests --------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path, nproc: int) -> subprocess.Popen:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    script = str(Path(__file__).resolve())
+    if nproc == 1:
+        cmd = [sys.executable, script, str(out)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), script, str(out)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen, out: Path) -> dict:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, dict]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    one, two = tmp / "one.json", tmp / "two.json"
+    procs = _launch(one, 1), _launch(two, WORLD)  # concurrently: each process uses one thread
+    return _result(procs[0], one), _result(procs[1], two)
+
+
+def test_two_processes_match_one_process(runs):
+    one, two = runs
+    assert (one["world_size"], two["world_size"]) == (1, WORLD)
+    for name in ("duplicated-1st", "duplicated-2nd"):
+        for a1, a2 in zip(one["results"][name]["alphas"], two["results"][name]["alphas"]):
+            assert torch.allclose(torch.tensor(a1), torch.tensor(a2), atol=1e-5, rtol=0), name
+        assert torch.tensor(one["results"][name]["alphas"][0]).abs().max() > 0  # the alphas did move
+
+
+def test_ranks_stay_identical_after_every_step(runs):
+    _, two = runs
+    for name, r in two["results"].items():
+        assert r["identical"], f"{name}: ranks diverged"
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
