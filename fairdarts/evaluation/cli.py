@@ -1,0 +1,155 @@
+"""``python evaluate.py --model_path X``: FLOPs and params, then top-1 / top-5 and loss on the test set.
+
+A project checkpoint needs no other flag (genotype, sizes and dataset are inside); an official
+one takes the genotype from ``--arch`` or from ``best_model/manifest.yaml``. ``--inputs FILE``
+evaluates a saved tensor batch (``{'input': [N,C,H,W] normalised, 'target'?: [N], 'logits'?: [N,K]}``)
+instead of a dataset; with reference logits in it the largest difference is printed.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.config import field_help, resolve_config
+from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
+from fairdarts.distributed import resolve_device
+from fairdarts.errors import UserError
+from fairdarts.evaluation.evaluator import EvalResult, LoadedModel, evaluate, load_model, plot_confusion
+from fairdarts.evaluation.export import check_onnx, export_onnx
+from fairdarts.flops import count_flops_params
+from fairdarts.train.config import DATASET_CHOICES
+
+PROG = "evaluate.py"
+DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, loss, throughput"
+
+
+@dataclass
+class EvalConfig:
+    model_path: str | None = field_help(None, "checkpoint: a train.py checkpoint, or an official {'state_dict': ...} file")
+    arch: str | None = field_help(None, "genotype for official checkpoints (name, JSON, Genotype(...) text, run folder)")
+    init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)", low=1)
+    layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3)
+    dataset: str | None = field_help(None, "test set (default: the checkpoint's, else cifar10)", choices=DATASET_CHOICES)
+    data: str = field_help("data", "dataset root")
+    download: bool = field_help(False, "download the dataset into --data if it is missing")
+    subset: int | None = field_help(None, "evaluate only the first N test images", low=1)
+    image_size: int | None = field_help(None, "resize test images (default: the checkpoint's / dataset's)", low=4)
+    inputs: str | None = field_help(None, "evaluate a saved tensor batch instead of a dataset (see the module doc)")
+    batch_size: int = field_help(256, "batch size", low=1)
+    workers: int = field_help(4, "DataLoader workers (on-disk datasets)", low=0)
+    device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = field_help(False, "mixed precision on CUDA")
+    amp_dtype: str = field_help("bf16", "autocast dtype of --amp", choices=("bf16", "fp16"))
+    channels_last: bool = field_help(False, "channels-last memory format")
+    per_class: bool = field_help(False, "print the accuracy of every class")
+    confusion: str | None = field_help(None, "write the confusion matrix as a PNG here")
+    dump_logits: str | None = field_help(None, "save {'logits', 'targets'} of every test image here (torch file)")
+    export: str | None = field_help(None, "also export the network for deployment", choices=("onnx",))
+    export_path: str | None = field_help(None, "where --export writes (default: beside the checkpoint, .onnx)")
+
+    def validate(self) -> None:
+        if not self.model_path:
+            raise UserError("--model_path is required (a checkpoint file)")
+
+
+def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, device: torch.device):
+    """(batches, num_classes, class names) of the test split, first ``--subset`` images only."""
+    data = load_dataset(dataset, cfg.data, "test", download=cfg.download, image_size=image_size)
+    n = len(data) if cfg.subset is None else min(cfg.subset, len(data))
+    info = data.info
+    names = list(getattr(info, "classes", None) or []) or None
+    if isinstance(data, InMemoryImages):
+        plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
+        loader = InMemoryLoader(data, list(range(n)), batch_size=cfg.batch_size, device=device, shuffle=False,
+                                augment=plain, seed=0)
+    else:
+        subset = torch.utils.data.Subset(data, range(n)) if n < len(data) else data
+        loader = make_dataloader(subset, batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers, seed=0,
+                                 rank=0, world_size=1, drop_last=False, device=device)
+    return loader, info.num_classes, names
+
+
+def tensor_batches(path: str, batch_size: int, device: torch.device):
+    """Batches of a saved ``{'input', 'target'?, 'logits'?}`` file, and its reference logits."""
+    blob = load_checkpoint(path)
+    x = blob.get("input")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise UserError(f"--inputs {path}: expected an 'input' tensor [N, C, H, W]")
+    y = blob.get("target", torch.zeros(len(x), dtype=torch.long))
+    batches = [(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    return batches, blob.get("logits"), "target" in blob
+
+
+def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
+    meta = loaded.meta
+    shape = (1, meta["in_channels"], meta["image_size"], meta["image_size"])
+    cost = count_flops_params(loaded.model, shape)
+    print(f"model: {loaded.source} checkpoint, genotype form {loaded.genotype.form}, init_channels {meta['init_channels']}, "
+          f"layers {meta['layers']}, {meta['num_classes']} classes, auxiliary head {'yes' if meta['auxiliary'] else 'no'}")
+    print(f"FLOPs {cost.flops / 1e6:.1f}M  params {cost.params / 1e6:.3f}M "
+          f"({cost.params_no_aux / 1e6:.3f}M without the auxiliary head)  input {list(shape)}")
+    return shape
+
+
+def report(result: EvalResult, names: list[str] | None, per_class: bool) -> None:
+    print(f"test: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
+          f"({result.n} images, {result.images_per_s:.1f} images/s)")
+    if per_class:
+        for i, acc in enumerate(result.per_class.tolist()):
+            label = names[i] if names and i < len(names) else str(i)
+            print(f"  class {label}: {acc:.2f}% of {int(result.confusion[i].sum())}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), PROG, DESCRIPTION)
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model_path, cfg.arch, cfg.init_channels, cfg.layers)  # type: ignore[arg-type]
+    shape = print_cost(loaded)
+    model = loaded.model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    names = None
+    if cfg.inputs:
+        batches, reference, has_target = tensor_batches(cfg.inputs, cfg.batch_size, device)
+        num_classes = loaded.meta["num_classes"]
+    else:
+        dataset = cfg.dataset or loaded.dataset or "cifar10"
+        batches, num_classes, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.meta["image_size"], device)
+        reference, has_target = None, True
+        if num_classes != loaded.meta["num_classes"]:
+            raise UserError(f"the network has {loaded.meta['num_classes']} classes, the {dataset} test set {num_classes}")
+    result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,
+                      amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
+    if has_target:
+        report(result, names, cfg.per_class)
+    else:
+        print(f"inputs: {result.n} images ({result.images_per_s:.1f} images/s); no targets in {cfg.inputs}")
+    if reference is not None:
+        diff = float((result.logits - reference.float()).abs().max())
+        print(f"max |logit - reference logit| = {diff:.3e}")
+    if cfg.confusion:
+        plot_confusion(result.confusion, Path(cfg.confusion), names)
+        print(f"confusion matrix: {cfg.confusion}")
+    if cfg.dump_logits:
+        save_checkpoint({"logits": result.logits, "targets": result.targets}, Path(cfg.dump_logits))
+        print(f"logits: {cfg.dump_logits}")
+    if cfg.export == "onnx":
+        export(cfg, loaded, shape)
+    return 0
+
+
+def export(cfg: EvalConfig, loaded: LoadedModel, shape: tuple[int, ...]) -> None:
+    path = Path(cfg.export_path or Path(cfg.model_path).with_suffix(".onnx"))  # type: ignore[arg-type]
+    model = loaded.model.cpu().float().eval()
+    example = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+    export_onnx(model, example, path)
+    diff = check_onnx(path, model, example)
+    check = "onnxruntime not installed, not checked" if diff is None else f"onnxruntime max |logit diff| {diff:.2e}"
+    print(f"ONNX: {path} ({check})")
+    if diff is not None and diff > 1e-3:
+        raise UserError(f"the ONNX model's logits differ from PyTorch's by {diff:.2e}")

@@ -1,0 +1,77 @@
+"""``python train.py``: retrain a genotype from scratch (CIFAR defaults; ImageNet with --dataset imagenet).
+
+Every flag is a field of :class:`fairdarts.train.config.TrainConfig` (official names);
+``--config FILE`` loads a YAML preset that flags override. ``--batch_size`` is the global batch:
+under ``torchrun --nproc_per_node N`` each rank takes 1/N of it. ``--resume RUN`` reloads the
+run's saved ``config.yaml``; only flags that do not change what is computed (``--epochs`` to
+extend the run, ``--device``, ``--workers``, ``--report_freq``, ``--data``, ``--download``,
+``--progress``) may be given with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from fairdarts.config import resolve_config, save_config
+from fairdarts.distributed import broadcast_object, cleanup_distributed, init_distributed
+from fairdarts.errors import UserError
+from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
+from fairdarts.train.config import RESUME_OVERRIDABLE, TrainConfig
+from fairdarts.train.trainer import Trainer, checkpoint_path, resolve_arch
+
+PROG = "train.py"
+DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair DARTS settings)"
+
+
+def _has_flag(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def resume_config(cfg: TrainConfig, argv: Sequence[str]) -> tuple[TrainConfig, Path]:
+    """The saved config of the run being resumed, with the harmless overrides of ``argv``."""
+    ckpt = checkpoint_path(cfg.resume)  # type: ignore[arg-type]
+    saved = ckpt.parent / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"--resume {cfg.resume}: {saved} is missing; cannot tell how the run was configured")
+    if _has_flag(argv, "--config"):
+        raise UserError("--config cannot be combined with --resume: the run's saved config.yaml is used")
+    resumed = resolve_config(TrainConfig, ["--config", str(saved), *argv], PROG, DESCRIPTION)
+    base = resolve_config(TrainConfig, ["--config", str(saved)], PROG, DESCRIPTION)
+    changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
+                     if getattr(resumed, f.name) != getattr(base, f.name) and f.name not in RESUME_OVERRIDABLE)
+    if changed:
+        raise UserError(f"--resume keeps the run's config; these flags would change the training: "
+                        f"{', '.join('--' + c for c in changed)} (allowed: "
+                        f"{', '.join('--' + c for c in sorted(RESUME_OVERRIDABLE - {'resume'}))})")
+    return dataclasses.replace(resumed, save=str(ckpt.parent)), ckpt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = resolve_config(TrainConfig, argv, PROG, DESCRIPTION).resolved()
+    ckpt = None
+    if cfg.resume:
+        cfg, ckpt = resume_config(cfg, argv)
+    genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
+    dist = init_distributed(cfg.device)
+    try:
+        save = cfg.save or broadcast_object(default_run_name("runs/train") if dist.is_main else None)
+        cfg = dataclasses.replace(cfg, save=str(save))
+        run_dir = prepare_run_dir(cfg.save, resume=ckpt is not None, is_main=dist.is_main)
+        logger = setup_logger(run_dir, dist.is_main)
+        if dist.is_main:
+            save_config(dataclasses.replace(cfg, resume=None), run_dir / "config.yaml")
+        logger.info("train config: %s", dataclasses.asdict(cfg))
+        trainer = Trainer(cfg, genotype, run_dir, dist, logger)
+        logger.info("genotype: %s", trainer.genotype.to_text())
+        logger.info("network: %s, %.3fM parameters (auxiliary head included)", trainer.meta,
+                    sum(p.numel() for p in trainer.net.parameters()) / 1e6)
+        if ckpt is not None:
+            trainer.resume(ckpt)
+        trainer.run()
+        logger.info("run folder: %s", run_dir)
+    finally:
+        cleanup_distributed()
+    return 0

@@ -1,0 +1,122 @@
+"""Every default of the retraining, in one place: the official ``train.py`` flags and values.
+
+CIFAR (DARTS / Fair DARTS ``train.py``) and ImageNet (DARTS ``train_imagenet.py``) differ in
+ten settings. Those fields default to ``None`` here and :meth:`TrainConfig.resolved` fills them
+from :data:`DATASET_DEFAULTS` for the chosen ``--dataset``; a flag or a YAML value always wins.
+
+Unlike the official code, where ``--auxiliary`` and ``--cutout`` are off unless given, the
+published CIFAR setting is the default here: auxiliary head (weight 0.4) on, cutout 16 on
+(``--no-auxiliary`` / ``--no-cutout`` turn them off). Cutout acts on the in-memory datasets
+only; ImageNet / folder images take their transforms from :mod:`fairdarts.data`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from fairdarts.config import field_help
+from fairdarts.errors import UserError
+from fairdarts.search_space import METHODS
+
+DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet", "folder", "synthetic")
+SCHEDULES = ("cosine", "exponential")
+
+#: Published settings per network family (``--network imagenet`` also picks them for a 'folder' tree).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar": dict(epochs=600, batch_size=96, learning_rate=0.025, weight_decay=3e-4, init_channels=36,
+                  layers=20, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine"),
+    "imagenet": dict(epochs=250, batch_size=128, learning_rate=0.1, weight_decay=3e-5, init_channels=48,
+                     layers=14, drop_path_prob=0.0, label_smoothing=0.1, lr_schedule="exponential"),
+}
+
+#: Flags that may change when a run is resumed: none of them alters what is computed.
+RESUME_OVERRIDABLE: frozenset[str] = frozenset(
+    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite"})
+
+
+@dataclass
+class TrainConfig:
+    # ----- data ------------------------------------------------------------------------
+    data: str = field_help("data", "dataset root (torchvision on-disk layout; an ImageFolder tree for 'folder')")
+    dataset: str = field_help("cifar10", "dataset; 'imagenet' also switches to the ImageNet network and defaults",
+                              choices=DATASET_CHOICES)
+    download: bool = field_help(False, "download the dataset into --data if it is missing")
+    subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=1)
+    image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
+    network: str | None = field_help(
+        None, "network family: cifar, or imagenet (stride-8 stem, ImageNet defaults); default: by --dataset",
+        choices=("cifar", "imagenet"))
+    cutout: bool = field_help(True, "cutout on training images (in-memory datasets; the published CIFAR setting)")
+    cutout_length: int = field_help(16, "cutout length", low=1)
+    auto_aug: bool = field_help(False, "AutoAugment CIFAR-10 policy on training images")
+    augment: bool = field_help(True, "random crop and flip on training images (--no-augment for exactness tests)")
+    workers: int = field_help(4, "DataLoader workers (only for on-disk datasets such as imagenet / folder)", low=0)
+    # ----- network ---------------------------------------------------------------------
+    arch: str = field_help("FairDARTS_a", "genotype: a name, a genotype JSON file, Genotype(...) text or a search run folder")
+    parse_method: str | None = field_help(
+        None, "with --arch RUN_FOLDER: re-derive the genotype from its gate weights with this method "
+              "(default: the run's genotype.json)", choices=METHODS)
+    op_threshold: float = field_help(0.85, "gate threshold when --parse_method re-derives a threshold_* genotype",
+                                     low=0.0, high=1.0)
+    init_channels: int | None = field_help(None, "channels of the first cell (default 36 CIFAR, 48 ImageNet)", low=1)
+    layers: int | None = field_help(None, "number of cells (default 20 CIFAR, 14 ImageNet)", low=3)
+    auxiliary: bool = field_help(True, "auxiliary head at 2/3 depth (the published setting)")
+    auxiliary_weight: float = field_help(0.4, "weight of the auxiliary loss", low=0.0)
+    drop_path_prob: float | None = field_help(
+        None, "drop path probability, ramped linearly by epoch/epochs (default 0.2 CIFAR, 0 ImageNet)",
+        low=0.0, high=1.0, high_open=True)
+    # ----- optimisation ----------------------------------------------------------------
+    epochs: int | None = field_help(None, "training epochs (default 600 CIFAR, 250 ImageNet)", low=1)
+    batch_size: int | None = field_help(None, "GLOBAL batch size, split over torchrun ranks (default 96 / 128)", low=1)
+    learning_rate: float | None = field_help(None, "initial SGD learning rate (default 0.025 CIFAR, 0.1 ImageNet)", low=0.0)
+    learning_rate_min: float = field_help(0.0, "final learning rate of the cosine schedule", low=0.0)
+    lr_schedule: str | None = field_help(None, "cosine (CIFAR) or exponential: lr * gamma per epoch (ImageNet)",
+                                         choices=SCHEDULES)
+    gamma: float = field_help(0.97, "per-epoch decay of the exponential schedule", low=0.0, high=1.0, low_open=True)
+    momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
+    weight_decay: float | None = field_help(None, "SGD weight decay (default 3e-4 CIFAR, 3e-5 ImageNet)", low=0.0)
+    label_smoothing: float | None = field_help(None, "label smoothing (default 0 CIFAR, 0.1 ImageNet)",
+                                               low=0.0, high=1.0, high_open=True)
+    grad_clip: float = field_help(5.0, "gradient clipping (max norm); 0 turns it off", low=0.0)
+    accum_steps: int = field_help(1, "split each batch into N micro-batches and accumulate their gradients", low=1)
+    # ----- speed -----------------------------------------------------------------------
+    amp: bool = field_help(False, "mixed precision on CUDA")
+    amp_dtype: str = field_help("bf16", "autocast dtype of --amp (fp16 uses a GradScaler)", choices=("bf16", "fp16"))
+    channels_last: bool = field_help(False, "channels-last memory format")
+    compile: bool = field_help(False, "torch.compile the network")
+    sync_bn: bool = field_help(False, "SyncBatchNorm across torchrun ranks (CUDA only)")
+    # ----- run -------------------------------------------------------------------------
+    seed: int = field_help(0, "random seed (weights, data order, augmentation, drop path)", low=0)
+    save: str | None = field_help(None, "run folder (default runs/train-<timestamp>)")
+    resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
+    device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    report_freq: int = field_help(50, "log every N steps", low=1)
+    max_steps_per_epoch: int | None = field_help(
+        None, "stop each epoch (and evaluation) after N batches; for smoke tests and benchmarks", low=1)
+    progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")
+    skip_nonfinite: bool = field_help(False, "skip a step whose loss is inf or nan instead of stopping the run")
+
+    @property
+    def family(self) -> str:
+        """``imagenet`` (stride-8 network, ImageNet defaults) or ``cifar``."""
+        if self.network is not None:
+            return self.network
+        return "imagenet" if self.dataset == "imagenet" else "cifar"
+
+    def resolved(self) -> "TrainConfig":
+        """A copy whose dataset-dependent fields hold the published value when left unset."""
+        defaults = DATASET_DEFAULTS[self.family]
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, network=self.family, **filled)
+
+    def validate(self) -> None:
+        if self.dataset == "folder" and self.download:
+            raise UserError("--download is not available for --dataset folder; point --data at an ImageFolder tree")
+        if self.parse_method is not None and self.op_threshold is None:
+            raise UserError("--parse_method needs --op_threshold")
+        if self.batch_size is not None and self.batch_size % self.accum_steps:
+            raise UserError(f"--batch_size {self.batch_size} is not divisible by --accum_steps {self.accum_steps}")
+        lr = self.learning_rate if self.learning_rate is not None else 0.0
+        if self.lr_schedule in (None, "cosine") and self.learning_rate is not None and self.learning_rate_min > lr:
+            raise UserError(f"--learning_rate_min ({self.learning_rate_min}) exceeds --learning_rate ({lr})")

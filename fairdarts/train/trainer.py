@@ -1,0 +1,290 @@
+"""One retraining run: data, network, optimizer, the epoch loop, run-folder outputs, resume.
+
+Per epoch: drop path set to ``drop_path_prob * epoch / epochs`` (the official ramp), training
+steps over the (sharded) training set, evaluation on the test set (the official code reports
+it as "valid"), TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved,
+``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
+``evaluate.py --model_path`` needs no other flag, and ``state_dict`` under the official key.
+
+Resume restarts at the epoch after the last checkpoint with the optimizer, GradScaler and RNG
+states restored; the data order and augmentation are functions of (seed, epoch, batch), so a
+resumed run computes what the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
+from fairdarts.distributed import DistContext, all_reduce_sum_
+from fairdarts.errors import UserError
+from fairdarts.guards import NonFiniteGuard
+from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from fairdarts.run_dir import MetricsWriter, progress
+from fairdarts.search_space import Genotype, derive, derived_form, genotypes_with_edges, get_genotype
+from fairdarts.search_space import resolve_primitives
+from fairdarts.train.config import TrainConfig
+from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, network_meta
+from fairdarts.train.step import TrainStep, evaluate_sums
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "model_best.pt"
+
+
+# ----- genotype -----------------------------------------------------------------------------
+def resolve_arch(cfg: TrainConfig) -> Genotype:
+    """``--arch`` through :func:`get_genotype`; with ``--parse_method`` a search run folder is
+    re-derived from its final gate weights instead of using its ``genotype.json``."""
+    folder = Path(cfg.arch)
+    if cfg.parse_method is None or not folder.is_dir():
+        if cfg.parse_method is not None:
+            raise UserError(f"--parse_method re-derives a search run folder; --arch {cfg.arch} is not a folder")
+        return get_genotype(cfg.arch)
+    weights = []
+    for name in ("normal_weight.npy", "reduce_weight.npy"):
+        if not (folder / name).is_file():
+            raise UserError(f"--parse_method needs {folder / name} (the search's final gate values)")
+        weights.append(np.load(folder / name, allow_pickle=False))
+    primitives = _run_primitives(folder, weights[0].shape[1])
+    edges = [derive(w, primitives, cfg.parse_method, cfg.op_threshold) for w in weights]
+    return genotypes_with_edges(edges[0], edges[1], derived_form(cfg.parse_method))
+
+
+def _run_primitives(folder: Path, n_ops: int) -> tuple[str, ...]:
+    path = folder / "config.yaml"
+    name = yaml.safe_load(path.read_text()).get("primitives", "fairdarts") if path.is_file() else None
+    primitives = resolve_primitives(name or ("fairdarts" if n_ops == 7 else "darts"))
+    if len(primitives) != n_ops:
+        raise UserError(f"{folder}: the gate weights have {n_ops} op columns but the run's primitives are {primitives}")
+    return primitives
+
+
+# ----- data ---------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    train: Any          # has set_epoch(e) and len()
+    test: Iterable
+    num_classes: int
+    in_channels: int
+    image_size: int
+    info: Any
+
+
+def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
+    """Training and test splits; in-memory datasets are augmented on the device in batches."""
+    train = load_dataset(cfg.dataset, cfg.data, "train", download=cfg.download, image_size=cfg.image_size)
+    test = load_dataset(cfg.dataset, cfg.data, "test", download=cfg.download, image_size=cfg.image_size)
+    if cfg.subset is not None:
+        n = min(cfg.subset, len(train))
+        train = train.subset(list(range(n))) if isinstance(train, InMemoryImages) else torch.utils.data.Subset(train, range(n))
+    info = train.info if hasattr(train, "info") else train.dataset.info
+    per_rank = dist.per_rank_batch(cfg.batch_size)
+    if isinstance(train, InMemoryImages):
+        cutout = cfg.cutout_length if cfg.cutout else 0
+        aug = BatchAugment(info.mean, info.std, crop_padding=4 if cfg.augment else 0, flip=cfg.augment,
+                           cutout_length=cutout, auto_augment=cfg.auto_aug)
+        plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
+        kw = dict(batch_size=per_rank, device=dist.device, rank=dist.rank, world_size=dist.world_size)
+        train_loader = InMemoryLoader(train, list(range(len(train))), shuffle=True, augment=aug, seed=cfg.seed, **kw)
+        test_loader = InMemoryLoader(test, list(range(len(test))), shuffle=False, augment=plain, seed=cfg.seed, **kw)
+    else:
+        kw = dict(batch_size=per_rank, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
+                  device=dist.device)
+        train_loader = make_dataloader(train, shuffle=True, seed=cfg.seed, drop_last=False, **kw)
+        test_loader = make_dataloader(test, shuffle=False, seed=cfg.seed, drop_last=False, **kw)
+    size = cfg.image_size or info.image_size
+    return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info)
+
+
+# ----- network, optimizer, schedule ---------------------------------------------------------
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine to ``learning_rate_min`` (CIFAR) or ``gamma`` per epoch (ImageNet), stepped after
+    each epoch, and replayed to ``start_epoch`` on resume (same floats as an unbroken run)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.learning_rate
+        group.pop("initial_lr", None)
+    if cfg.lr_schedule == "cosine":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.gamma)
+    with warnings.catch_warnings():  # replaying steps before any optimizer.step() is intended
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+        for _ in range(start_epoch):
+            scheduler.step()
+    return scheduler
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, dist: DistContext) -> nn.Module:
+    """SyncBatchNorm, DDP and torch.compile around the plain network (kept as ``self.net``)."""
+    if dist.is_distributed:
+        if cfg.sync_bn:
+            if dist.device.type == "cpu":
+                raise UserError("--sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+# ----- the run ------------------------------------------------------------------------------
+class Trainer:
+    """Everything one run holds; :meth:`run` trains from the start or from a checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, run_dir: Path, dist: DistContext,
+                 logger: logging.Logger):
+        self.cfg, self.genotype, self.run_dir, self.dist, self.log = cfg, genotype, run_dir, dist, logger
+        seed_everything(cfg.seed)
+        self.data = build_data(cfg, dist)
+        self.meta = network_meta(cfg.init_channels, cfg.layers, self.data.num_classes, self.data.in_channels,
+                                 self.data.image_size, cfg.auxiliary and cfg.auxiliary_weight > 0,
+                                 cfg.family == "imagenet")
+        self.net = build_network_from_meta(self.genotype, self.meta).to(dist.device)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = _wrap(self.net, cfg, dist)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.guard = NonFiniteGuard(cfg.skip_nonfinite)
+        self.step = TrainStep(self.model, self.optimizer, cfg.auxiliary_weight, cfg.grad_clip, cfg.label_smoothing,
+                              cfg.accum_steps, cfg.amp, cfg.amp_dtype, cfg.channels_last, self.guard)
+        self.start_epoch = 0
+        self.best_top1 = -math.inf
+        self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
+        if cfg.amp and dist.device.type != "cuda":
+            logger.info("note: --amp acts on CUDA only; this run on %s uses float32", dist.device)
+
+    # ----- checkpoint ----------------------------------------------------------------------
+    def state_dict(self, epochs_done: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epochs_done,
+            "state_dict": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "best_acc_top1": self.best_top1,
+            "metrics": metrics,
+            "config": dataclasses.asdict(self.cfg),
+            "genotype": self.genotype.to_dict(),
+            "network": self.meta,
+            "dataset": {"name": self.cfg.dataset, "num_classes": self.data.num_classes,
+                        "mean": list(self.data.info.mean), "std": list(self.data.info.std)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint is not a retraining checkpoint ({CHECKPOINT_FORMAT}); cannot resume from it")
+        try:
+            self.net.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint does not match this run's network: {first}") from None
+        if state.get("scaler"):
+            self.step.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.best_top1 = float(state["best_acc_top1"])
+        restore_rng_state(state["rng"])
+
+    def resume(self, path: Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
+
+    # ----- loop ----------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        scheduler = make_scheduler(self.optimizer, cfg, self.start_epoch)
+        metrics: dict[str, float] = {}
+        for epoch in range(self.start_epoch, cfg.epochs):
+            lr = scheduler.get_last_lr()[0]
+            self.net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+            t0 = time.perf_counter()
+            train = self.train_one_epoch(epoch, lr)
+            test = self.test()
+            metrics = {**train, **test, "lr": lr, "drop_path_prob": self.net.drop_path_prob,
+                       "seconds": time.perf_counter() - t0}
+            scheduler.step()
+            self.end_of_epoch(epoch, metrics)
+        self.writer.close()
+        return metrics
+
+    def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
+        if self.dist.is_distributed:
+            all_reduce_sum_(sums)
+        return sums
+
+    def train_one_epoch(self, epoch: int, lr: float) -> dict[str, float]:
+        cfg = self.cfg
+        self.data.train.set_epoch(epoch)
+        self.model.train()
+        total = len(self.data.train) if cfg.max_steps_per_epoch is None else min(len(self.data.train), cfg.max_steps_per_epoch)
+        show_bar = cfg.progress and self.dist.is_main and sys.stderr.isatty()
+        batches = progress(itertools.islice(self.data.train, total), total=total, desc=f"epoch {epoch}",
+                           enabled=show_bar)
+        self.log.info("epoch %d lr %.6e drop_path_prob %.4f", epoch, lr, self.net.drop_path_prob)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.dist.device)
+        for step, batch in enumerate(self.guard.track(epoch, batches), 1):
+            r = self.step(batch)
+            sums += torch.stack([r.loss.double(), r.correct1.double(), r.correct5.double(),
+                                 torch.tensor(float(r.n), dtype=torch.float64, device=sums.device)])
+            if step % cfg.report_freq == 0:
+                loss, top1, top5 = _means(sums.clone())
+                self.log.info("epoch %d step %03d/%d loss %.4f top1 %.2f top5 %.2f", epoch, step, total, loss, top1, top5)
+        loss, top1, top5 = _means(self._reduce(sums))
+        return {"train_loss": loss, "train_top1": top1, "train_top5": top5}
+
+    def test(self) -> dict[str, float]:
+        sums = evaluate_sums(self.model, self.data.test, self.cfg.max_steps_per_epoch, self.cfg.amp,
+                             self.cfg.amp_dtype, self.cfg.channels_last)
+        loss, top1, top5 = _means(self._reduce(sums))
+        return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
+
+    def end_of_epoch(self, epoch: int, m: dict[str, float]) -> None:
+        improved = m["test_top1"] > self.best_top1
+        self.best_top1 = max(self.best_top1, m["test_top1"])
+        self.log.info("epoch %d train_loss %.4f train_top1 %.2f test_loss %.4f test_top1 %.2f test_top5 %.2f "
+                      "best_top1 %.2f (%.1f s)", epoch, m["train_loss"], m["train_top1"], m["test_loss"],
+                      m["test_top1"], m["test_top5"], self.best_top1, m["seconds"])
+        if not self.dist.is_main:
+            return
+        for tag, key in (("train/loss", "train_loss"), ("train/top1", "train_top1"), ("train/top5", "train_top5"),
+                         ("test/loss", "test_loss"), ("test/top1", "test_top1"), ("test/top5", "test_top5"),
+                         ("lr", "lr"), ("drop_path_prob", "drop_path_prob")):
+            self.writer.add_scalar(tag, m[key], epoch)
+        state = self.state_dict(epoch + 1, m)
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+        if improved:
+            save_checkpoint(state, self.run_dir / BEST)
+
+
+def _means(sums: torch.Tensor) -> tuple[float, float, float]:
+    loss, c1, c5, n = sums.tolist()
+    if not n:
+        return math.nan, math.nan, math.nan
+    return loss / n, 100.0 * c1 / n, 100.0 * c5 / n
+
+
+def checkpoint_path(resume: str) -> Path:
+    """``--resume`` takes a run folder or its checkpoint file."""
+    path = Path(resume)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"--resume {resume}: no {CHECKPOINT} there; pass a retraining run folder or its checkpoint.pt")
+    return path

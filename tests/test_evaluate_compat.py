@@ -1,0 +1,125 @@
+"""evaluate.py on official-layout checkpoints (../shared/compat): logits to 1e-5 through the
+CLI's loading path, a CIFAR-format test set, ONNX export, and one-line errors for a checkpoint
+that does not fit its genotype, a corrupt file, a missing genotype or a missing published file."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fairdarts.errors import run_cli
+from fairdarts.evaluation.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["FairDARTS_a", "FairDARTS_b", "FairDARTS_c", "DARTS_V2", "PC_DARTS_cifar"]
+CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
+
+
+def compat(shared_dir: Path, name: str) -> tuple[Path, Path]:
+    return shared_dir / "compat" / f"{name}-C16-L8.tar", shared_dir / "compat" / f"{name}-C16-L8.io.pt"
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_checkpoint_logits_through_evaluate(shared_dir, name, tmp_path, capsys):
+    tar, io = compat(shared_dir, name)
+    out = tmp_path / "logits.pt"
+    assert main(["--model_path", str(tar), "--arch", name, "--init_channels", "16", "--layers", "8",
+                 "--inputs", str(io), "--dump_logits", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("FLOPs") < printed.index("max |logit")
+    expected = torch.load(io, weights_only=True)["logits"]
+    got = torch.load(out, weights_only=True)["logits"]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.fixture()
+def cifar_test_set(shared_dir, tmp_path) -> Path:
+    """A CIFAR-10 folder whose test_batch holds the 4 stored inputs, de-normalised to uint8."""
+    x = torch.load(compat(shared_dir, "FairDARTS_a")[1], weights_only=True)["input"]
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    images = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = {b"data": images.reshape(len(images), -1).numpy(), b"labels": [0, 1, 2, 3],
+             b"batch_label": b"testing batch 1 of 1", b"filenames": [b"x.png"] * len(images)}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    meta = {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 4}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return tmp_path
+
+
+def test_cifar_format_test_set_per_class_and_confusion(shared_dir, cifar_test_set, tmp_path, capsys):
+    tar, _ = compat(shared_dir, "FairDARTS_a")
+    png = tmp_path / "confusion.png"
+    assert main(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "8",
+                 "--dataset", "cifar10", "--data", str(cifar_test_set), "--device", "cpu", "--per_class",
+                 "--confusion", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" in out and "(4 images" in out
+    assert png.stat().st_size > 0
+
+
+def test_onnx_export_matches_pytorch(shared_dir, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    tar, io = compat(shared_dir, "FairDARTS_a")
+    path = tmp_path / "net.onnx"
+    assert main(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "8",
+                 "--inputs", str(io), "--device", "cpu", "--export", "onnx", "--export_path", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert path.stat().st_size > 0
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    blob = torch.load(io, weights_only=True)
+    (logits,) = session.run(["logits"], {"input": blob["input"].numpy()})
+    np.testing.assert_allclose(logits, blob["logits"].numpy(), atol=1e-4)
+    assert "onnxruntime max |logit diff|" in out
+
+
+def test_checkpoint_not_fitting_the_genotype_names_keys(shared_dir, capsys):
+    tar, io = compat(shared_dir, "FairDARTS_a")
+    err = one_line_error(["--model_path", str(tar), "--arch", "DARTS_V2", "--init_channels", "16", "--layers", "8",
+                          "--inputs", str(io)], capsys)
+    assert "does not fit --arch DARTS_V2" in err and "missing: cells.0._ops." in err and "unexpected: " in err
+    err = one_line_error(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "9",
+                          "--inputs", str(io)], capsys)
+    assert "layers=9: missing: cells." in err
+
+
+def test_corrupt_and_missing_files_fail_in_one_line(shared_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\x80\x02not a checkpoint at all")
+    assert "corrupt" in one_line_error(["--model_path", str(bad), "--arch", "FairDARTS_a"], capsys)
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(compat(shared_dir, "FairDARTS_a")[0].read_bytes()[:5000])
+    one_line_error(["--model_path", str(truncated), "--arch", "FairDARTS_a"], capsys)
+    tar, _ = compat(shared_dir, "FairDARTS_a")
+    assert "--arch" in one_line_error(["--model_path", str(tar)], capsys)  # official layout, not in the manifest
+    err = one_line_error(["--model_path", str(tmp_path / "FairDARTS-b.tar")], capsys)
+    assert "download_best_models.py FairDARTS-b.tar" in err
+    assert "--model_path" in one_line_error([], capsys)
+    assert "export" in one_line_error(["--model_path", str(tar), "--export", "tflite"], capsys)
+
+
+def test_root_entry_runs(shared_dir):
+    tar, io = compat(shared_dir, "DARTS_V2")
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tar), "--arch", "DARTS_V2",
+                           "--init_channels", "16", "--layers", "8", "--inputs", str(io), "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    diff = float(proc.stdout.split("max |logit - reference logit| = ")[1].split()[0])
+    assert diff <= 1e-5
