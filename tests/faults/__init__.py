@@ -1,0 +1,1 @@
+"""Fault-injection suite: kills, full disks, diverging losses and bad input (``pytest -m faults``)."""
