@@ -60,3 +60,97 @@ def random_search(num_identity: int = 2, num_arch: int = 8, flops_threshold: flo
     raise UserError(f"random search found only {len(kept)} of {num_arch} genotypes with {num_identity} skip "
                     f"connections and >= {flops_threshold}M FLOPs in {max_tries} samples; lower "
                     f"--flops_threshold, change --num_identity or raise --max_tries")
+
+
+# ----- the --random_search command ---------------------------------------------------------
+def write_candidates(run_dir, candidates: list[Candidate], ranking: list[dict] | None = None) -> None:
+    """``random_genotypes.json`` (genotypes with FLOPs/params) and ``random_genotypes.txt``
+    (the official ``Genotype(...)`` text), plus ``random/arch_XX.json`` for ``--arch``."""
+    import json
+    from pathlib import Path
+
+    from fairdarts.run_dir import atomic_write_text
+
+    run_dir = Path(run_dir)
+    (run_dir / "random").mkdir(parents=True, exist_ok=True)
+    entries, lines = [], []
+    for i, c in enumerate(candidates):
+        entry = {"name": f"arch_{i:02d}", "flops": c.flops, "params": c.params, "tries": c.tries,
+                 "genotype": c.genotype.to_dict()}
+        if ranking is not None:
+            entry.update(next(r for r in ranking if r["name"] == entry["name"]))
+        entries.append(entry)
+        atomic_write_text(run_dir / "random" / f"arch_{i:02d}.json", c.genotype.to_json() + "\n")
+        extra = f" valid_acc {entry['valid_acc']:.2f} rank {entry['rank']}" if ranking is not None else ""
+        lines.append(f"# arch_{i:02d}: {c.flops / 1e6:.1f}M FLOPs, {c.params / 1e6:.2f}M params "
+                     f"(36 channels, 20 layers, no aux){extra}\n{c.genotype.to_text()}")
+    atomic_write_text(run_dir / "random_genotypes.json", json.dumps(entries, indent=1) + "\n")
+    atomic_write_text(run_dir / "random_genotypes.txt", "\n".join(lines) + "\n")
+
+
+def train_and_rank(candidates: list[Candidate], cfg, data, device, log=print) -> list[dict]:
+    """Train each genotype ``cfg.train_random_epochs`` epochs at ``--init_channels``/``--layers``
+    on the weight half, measure it on the other half; rank 1 = best validation accuracy."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from fairdarts.reproducibility import seed_everything
+
+    results = []
+    for i, c in enumerate(candidates):
+        seed_everything(cfg.seed)
+        net = build_network(c.genotype, cfg.init_channels, cfg.layers, data.num_classes,
+                            in_channels=data.in_channels, image_size=cfg.image_size or 32).to(device)
+        opt = torch.optim.SGD(net.parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+        for epoch in range(cfg.train_random_epochs):
+            data.train.set_epoch(epoch)
+            net.train()
+            for x, y in itertools.islice(data.train, cfg.max_steps_per_epoch):
+                opt.zero_grad(set_to_none=True)
+                logits, _ = net(x)
+                F.cross_entropy(logits, y).backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+        net.eval()
+        correct = n = 0
+        with torch.no_grad():
+            for x, y in itertools.islice(data.valid, cfg.max_steps_per_epoch):
+                correct += int((net(x)[0].argmax(1) == y).sum())
+                n += len(y)
+        acc = 100.0 * correct / max(n, 1)
+        log(f"arch_{i:02d}: valid_acc {acc:.2f} after {cfg.train_random_epochs} epochs")
+        results.append({"name": f"arch_{i:02d}", "valid_acc": acc})
+    for rank, r in enumerate(sorted(results, key=lambda r: -r["valid_acc"]), 1):
+        r["rank"] = rank
+    return results
+
+
+def run_random_search(cfg) -> int:
+    """``darts/train_search.py --random_search``: sample, keep, write (and optionally train and rank)."""
+    import dataclasses
+
+    from fairdarts.config import save_config
+    from fairdarts.distributed import init_distributed
+    from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
+    from fairdarts.search.searcher import build_data
+
+    dist = init_distributed(cfg.device)
+    data = build_data(cfg, dist) if cfg.train_random_epochs else None  # missing data fails before the folder
+    cfg = dataclasses.replace(cfg, save=str(cfg.save or default_run_name("random_search")))
+    run_dir = prepare_run_dir(cfg.save, resume=False)
+    logger = setup_logger(run_dir, True)
+    save_config(cfg, run_dir / "config.yaml")
+    logger.info("random search: %d genotypes with %d skip connections in the normal cell and >= %sM FLOPs "
+                "(36 channels, 20 layers), at most %d samples, seed %d", cfg.num_arch, cfg.num_identity,
+                cfg.flops_threshold, cfg.max_tries, cfg.seed)
+    kept = random_search(cfg.num_identity, cfg.num_arch, cfg.flops_threshold, cfg.seed, cfg.max_tries,
+                         log=logger.info)
+    ranking = train_and_rank(kept, cfg, data, dist.device, logger.info) if data is not None else None
+    write_candidates(run_dir, kept, ranking)
+    if ranking is not None:
+        best = min(ranking, key=lambda r: r["rank"])
+        logger.info("best: %s (valid_acc %.2f)", best["name"], best["valid_acc"])
+    logger.info("wrote %s and %s", run_dir / "random_genotypes.json", run_dir / "random_genotypes.txt")
+    return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -162,6 +163,10 @@ def run_all(args: argparse.Namespace) -> Path:
               "--batch_size", str(args.batch_size), "--device", args.device]
     if args.subset:
         common += ["--subset", str(args.subset)]
+    if args.image_size:
+        common += ["--image_size", str(args.image_size)]
+    # One intra-op thread per search: on a small shared CPU two threads thrash (many times slower).
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     runs_dir = args.out / "runs"
     plans = {
         "DARTS": ["darts/train_search.py"],
@@ -175,7 +180,7 @@ def run_all(args: argparse.Namespace) -> Path:
         if not (save / "genotype.json").is_file():
             flags = ["--resume", str(save)] if (save / "checkpoint.pt").is_file() else ["--save", str(save)]
             print(f"== {label}: {' '.join(cmd + common)}", flush=True)
-            result = subprocess.run([sys.executable, *cmd, *common, *flags], cwd=REPO)
+            result = subprocess.run([sys.executable, *cmd, *common, *flags, "--no-progress"], cwd=REPO, env=env)
             if result.returncode != 0:
                 raise UserError(f"the {label} search failed (exit {result.returncode}); see {save}/log.txt")
         specs.append(f"{label}={save}")
@@ -198,6 +203,8 @@ def build_parser() -> CLIParser:
     run.add_argument("--init_channels", type=int, default=16)
     run.add_argument("--layers", type=int, default=8)
     run.add_argument("--batch_size", type=int, default=64)
+    run.add_argument("--image_size", type=int, default=None, help="resize the images (e.g. 16 for a fast CPU run)")
+    run.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each search")
     run.add_argument("--device", default="auto")
     run.add_argument("--out", type=Path, default=Path("reports/collapse"))
     return p

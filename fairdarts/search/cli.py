@@ -28,7 +28,8 @@ def _has_flag(argv: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def resume_config(cfg: SearchConfig, argv: Sequence[str]) -> tuple[SearchConfig, Path, Path]:
+def resume_config(cfg: SearchConfig, argv: Sequence[str], config_cls: type[SearchConfig] = SearchConfig,
+                  prog: str = PROG, description: str = DESCRIPTION) -> tuple[SearchConfig, Path, Path]:
     """The saved config of the run being resumed, with the harmless overrides of ``argv``."""
     ckpt = checkpoint_path(cfg.resume)  # type: ignore[arg-type]
     run_dir = ckpt.parent
@@ -37,9 +38,9 @@ def resume_config(cfg: SearchConfig, argv: Sequence[str]) -> tuple[SearchConfig,
         raise UserError(f"--resume {cfg.resume}: {saved} is missing; cannot tell how the run was configured")
     if _has_flag(argv, "--config"):
         raise UserError("--config cannot be combined with --resume: the run's saved config.yaml is used")
-    resumed = resolve_config(SearchConfig, ["--config", str(saved), *argv], PROG, DESCRIPTION)
-    base = resolve_config(SearchConfig, ["--config", str(saved)], PROG, DESCRIPTION)
-    changed = sorted(f.name for f in dataclasses.fields(SearchConfig)
+    resumed = resolve_config(config_cls, ["--config", str(saved), *argv], prog, description)
+    base = resolve_config(config_cls, ["--config", str(saved)], prog, description)
+    changed = sorted(f.name for f in dataclasses.fields(config_cls)
                      if getattr(resumed, f.name) != getattr(base, f.name) and f.name not in RESUME_OVERRIDABLE)
     if changed:
         raise UserError(f"--resume keeps the run's config; these flags would change the search: "
@@ -48,12 +49,15 @@ def resume_config(cfg: SearchConfig, argv: Sequence[str]) -> tuple[SearchConfig,
     return dataclasses.replace(resumed, save=str(run_dir)), run_dir, ckpt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = SearchConfig,
+         searcher_cls: type[Searcher] = Searcher, prog: str = PROG, description: str = DESCRIPTION) -> int:
+    """The search command. ``config_cls``/``searcher_cls`` let a variant (the ``darts/`` ablations)
+    add flags and behaviour to the same loop instead of copying it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = resolve_config(SearchConfig, argv, PROG, DESCRIPTION)
+    cfg = resolve_config(config_cls, argv, prog, description)
     ckpt = None
     if cfg.resume:
-        cfg, _, ckpt = resume_config(cfg, argv)
+        cfg, _, ckpt = resume_config(cfg, argv, config_cls, prog, description)
     dist = init_distributed(cfg.device)
     try:
         data = build_data(cfg, dist)  # missing data fails here, before a run folder is created
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("note: the zero-one loss is defined on sigmoid gates; --aux_loss_weight %s is not used "
                         "with --gate softmax", cfg.aux_loss_weight)
         logger.info("search config: %s", dataclasses.asdict(cfg))
-        searcher = Searcher(cfg, run_dir, dist, logger, data)
+        searcher = searcher_cls(cfg, run_dir, dist, logger, data)
         if ckpt is not None:
             searcher.resume(ckpt)
         searcher.run()

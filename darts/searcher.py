@@ -1,0 +1,40 @@
+"""The search loop of :mod:`fairdarts.search` with the DARTS ablations switched in.
+
+:class:`DartsSearcher` is :class:`fairdarts.search.searcher.Searcher` plus two hooks:
+
+* ``--noise_darts``: after the supernet is built, every stride-1 skip op becomes a
+  :class:`darts.noise.NoisySkip`; at the start of every epoch its scale is set to
+  ``noise_scale(epoch, max_step, noise_scheduler)``. The noise draws come from torch's global
+  RNG, which the search checkpoint captures, so a resumed run is the uninterrupted run.
+* ``--reweight``: the derived genotype is written as ``[op, from, weight]`` with the gate weights.
+"""
+from __future__ import annotations
+
+from fairdarts.search.searcher import Searcher
+from fairdarts.search.loop import EpochStats
+from fairdarts.search_space import Genotype
+
+from darts.noise import add_skip_noise, noise_scale, set_noise_scale
+from darts.reweight import reweight_genotype
+
+
+class DartsSearcher(Searcher):
+    def __init__(self, cfg, run_dir, dist, logger, data=None):
+        super().__init__(cfg, run_dir, dist, logger, data)
+        self.noisy_skips = add_skip_noise(self.model, cfg.noise_type) if cfg.noise_darts else []
+        if cfg.noise_darts:
+            self.log.info("noise (%s, %s over %d epochs) on %d stride-1 skip connections", cfg.noise_type,
+                          cfg.noise_scheduler, cfg.max_step, len(self.noisy_skips))
+
+    def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
+        if self.noisy_skips:
+            scale = noise_scale(epoch, self.cfg.max_step, self.cfg.noise_scheduler)
+            set_noise_scale(self.noisy_skips, scale)
+            self.log.info("epoch %d noise scale %.4f", epoch, scale)
+        return super().train_one_epoch(epoch, lr)
+
+    def current_genotype(self) -> Genotype:
+        if not self.cfg.reweight:
+            return super().current_genotype()
+        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
+        return reweight_genotype(normal, reduce, self.primitives)
