@@ -92,3 +92,194 @@ def test_published_reweight_genotypes_build_and_run() -> None:
         assert logits.shape == (2, 10)
         weights = [e.weight for e in get_genotype(name).normal]
         assert net.cells[0]._edge_weights == weights
+
+
+# ===== darts/train_search.py: the shared search with the ablations ============================
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from darts.config import DartsSearchConfig  # noqa: E402
+from darts.reweight import reweight_edges, reweight_genotype  # noqa: E402
+from darts.searcher import DartsSearcher  # noqa: E402
+from darts.train_search import main as darts_main  # noqa: E402
+from fairdarts.search import cli as search_cli  # noqa: E402
+from fairdarts.search_space import DARTS_PRIMITIVES, make_genotype, registered_names  # noqa: E402
+from fairdarts.search_space.networks import DartsCell  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--image_size", "8", "--subset", "32", "--batch_size", "8",
+        "--init_channels", "4", "--layers", "3", "--device", "cpu", "--report_freq", "1", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the test machine is a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(module_or_script: list[str], args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess.run([sys.executable, *module_or_script, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_darts_defaults_are_the_original_darts_ones() -> None:
+    cfg = DartsSearchConfig()
+    assert (cfg.gate, cfg.primitives, cfg.alpha_init, cfg.parse_method) == ("softmax", "darts", "randn", "darts")
+    assert (cfg.batch_size, cfg.learning_rate, cfg.learning_rate_min) == (64, 0.025, 0.001)
+    assert (cfg.arch_learning_rate, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+    assert cfg.zero_one_weight == 0.0 and cfg.max_step == 30 and cfg.noise_type == "N"
+    # the preset of the plain search says the same
+    import yaml
+    preset = yaml.safe_load((REPO / "configs/search_darts_first_order.yaml").read_text())
+    for key, value in preset.items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_none_is_never_derived_and_reweight_takes_the_gate_weights() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.random((14, len(DARTS_PRIMITIVES)))
+    w[:, DARTS_PRIMITIVES.index("none")] = 10.0  # 'none' strongest everywhere
+    edges = reweight_edges(w, DARTS_PRIMITIVES)
+    assert len(edges) == 8 and all(op != "none" for op, _, _ in edges)
+    starts = [0, 2, 5, 9]
+    for k, (op, src, weight) in enumerate(edges):
+        assert weight == w[starts[k // 2] + src, DARTS_PRIMITIVES.index(op)]
+    g = reweight_genotype(w, w, DARTS_PRIMITIVES)
+    assert g.form == "darts-reweight"
+    assert json.loads(g.to_json())["normal"][0][2] == edges[0][2]
+
+
+def test_reweighted_cell_multiplies_each_op_by_its_weight() -> None:
+    ops = ["sep_conv_3x3", "skip_connect", "max_pool_3x3", "dil_conv_3x3",
+           "avg_pool_3x3", "sep_conv_5x5", "skip_connect", "dil_conv_5x5"]
+    srcs = [0, 1, 0, 2, 3, 1, 4, 2]
+    weights = [0.3, 1.7, 0.25, 0.9, 0.6, 0.1, 1.2, 0.45]
+    g = make_genotype([[o, s, w] for o, s, w in zip(ops, srcs, weights)],
+                      [[o, s, w] for o, s, w in zip(ops, srcs, weights)], [2, 3, 4, 5], [2, 3, 4, 5])
+    torch.manual_seed(0)
+    cell = DartsCell(g, 4, 4, 4, reduction=False, reduction_prev=False).eval()
+    outputs: dict[int, torch.Tensor] = {}
+    for k, op in enumerate(cell._ops):
+        op.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o.detach().clone()))
+    s0, s1 = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        out = cell(s0, s1, 0.0)
+    nodes = out.split(4, dim=1)
+    for i in range(4):
+        expected = weights[2 * i] * outputs[2 * i] + weights[2 * i + 1] * outputs[2 * i + 1]
+        torch.testing.assert_close(nodes[i], expected)
+    # the same cell without weights (DARTS form) gives the unscaled sum
+    plain = DartsCell(make_genotype([[o, s] for o, s in zip(ops, srcs)], [[o, s] for o, s in zip(ops, srcs)],
+                                    [2, 3, 4, 5], [2, 3, 4, 5]), 4, 4, 4, False, False).eval()
+    plain.load_state_dict(cell.state_dict())
+    with torch.no_grad():
+        node2 = plain(s0, s1, 0.0).split(4, dim=1)[0]
+    torch.testing.assert_close(node2, outputs[0] + outputs[1])
+
+
+@pytest.mark.parametrize("name", [n for n in registered_names() if n.startswith("DARTS_EXP")])
+def test_every_published_darts_exp_genotype_builds_and_runs(name: str) -> None:
+    g = get_genotype(name)
+    assert g.form == "darts-reweight" and all(e.weight is not None for e in g.normal + g.reduce)
+    net = fairdarts.build_network(name, 4, 5, 10, image_size=16).eval()
+    with torch.no_grad():
+        logits, _ = net(torch.randn(2, 3, 16, 16))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("gate,primitives", [("softmax", "darts"), ("sigmoid", "fairdarts")])
+def test_searcher_sets_the_noise_scale_each_epoch(gate: str, primitives: str, tmp_path) -> None:
+    scales: list[float] = []
+
+    class Recording(DartsSearcher):
+        def train_one_epoch(self, epoch, lr):
+            stats = super().train_one_epoch(epoch, lr)
+            scales.append(self.noisy_skips[0].scale)
+            assert all(m.scale == scales[-1] for m in self.noisy_skips)
+            return stats
+
+    args = [*TINY, "--epochs", "3", "--max_steps_per_epoch", "1", "--noise_darts", "--noise_scheduler", "step",
+            "--max_step", "2", "--gate", gate, "--primitives", primitives, "--save", str(tmp_path / "run")]
+    assert search_cli.main(args, config_cls=DartsSearchConfig, searcher_cls=Recording) == 0
+    assert scales == [pytest.approx(1.0), pytest.approx(0.5), 0.0]
+
+
+def test_noise_run_resumes_exactly(tmp_path) -> None:
+    """A run stopped after epoch 0 and resumed equals the uninterrupted run: the noise draws
+    come from torch's global RNG, which the checkpoint captures."""
+    args = [*TINY, "--epochs", "2", "--max_steps_per_epoch", "2", "--noise_darts", "--noise_type", "U",
+            "--max_step", "4"]
+    assert darts_main([*args, "--save", str(tmp_path / "ref")]) == 0
+
+    class Crash(Exception):
+        pass
+
+    class Stopping(DartsSearcher):
+        def end_of_epoch(self, epoch, *rest):
+            genotype = super().end_of_epoch(epoch, *rest)
+            raise Crash  # "killed" after the epoch-0 checkpoint
+            return genotype  # noqa
+
+    with pytest.raises(Crash):
+        search_cli.main([*args, "--save", str(tmp_path / "cut")], config_cls=DartsSearchConfig,
+                        searcher_cls=Stopping)
+    assert darts_main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    ref, cut = (np.load(tmp_path / r / "alpha_history.npz") for r in ("ref", "cut"))
+    for key in ("raw_normal", "raw_reduce"):
+        np.testing.assert_array_equal(ref[key], cut[key])
+    assert (tmp_path / "ref/genotype.json").read_text() == (tmp_path / "cut/genotype.json").read_text()
+
+
+def test_script_noise_run_writes_the_genotype(tmp_path) -> None:
+    run = tmp_path / "noise"
+    r = _run(["darts/train_search.py"], [*TINY, "--epochs", "2", "--max_steps_per_epoch", "2", "--noise_darts",
+                                         "--noise_type", "N", "--noise_scheduler", "cosine", "--max_step", "30",
+                                         "--reweight", "--save", str(run)])
+    assert r.returncode == 0, r.stderr
+    g = get_genotype(run / "genotype.json")
+    assert g.form == "darts-reweight" and all(e.op != "none" for e in g.normal + g.reduce)
+    log = (run / "log.txt").read_text()
+    assert "epoch 0 noise scale 1.0000" in log
+    assert f"epoch 1 noise scale {noise_scale(1, 30, 'cosine'):.4f}" in log
+    assert (run / "checkpoint.pt").is_file() and (run / "genotypes/epoch_001.json").is_file()
+
+
+def test_module_random_search_writes_kept_genotypes(tmp_path) -> None:
+    run = tmp_path / "random"
+    r = _run(["-m", "darts.train_search"], ["--random_search", "--num_identity", "1", "--num_arch", "2",
+                                            "--flops_threshold", "300", "--seed", "3", *TINY,
+                                            "--train_random_epochs", "1", "--max_steps_per_epoch", "1",
+                                            "--save", str(run)])
+    assert r.returncode == 0, r.stderr
+    entries = json.loads((run / "random_genotypes.json").read_text())
+    assert len(entries) == 2 and sorted(e["rank"] for e in entries) == [1, 2]
+    for e in entries:
+        g = get_genotype(run / "random" / f"{e['name']}.json")
+        assert g.count_op("skip_connect") == 1 and e["flops"] >= 300e6
+        cost = fairdarts.count_flops_params(fairdarts.build_network(g, 36, 20), (1, 3, 32, 32))
+        assert cost.flops == e["flops"]
+    text = (run / "random_genotypes.txt").read_text()
+    assert text.count("Genotype(normal=") == 2 and "M FLOPs" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--noise_type", "X"], "noise_type"),
+    (["--no_such_flag"], "unrecognized"),
+    (["--reweight", "--parse_method", "threshold_sparse"], "--reweight needs --parse_method darts"),
+    (["--random_search", "--num_identity", "2", "--num_arch", "1", "--flops_threshold", "5000",
+      "--max_tries", "3"], "random search found only 0 of 1"),
+])
+def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path) -> None:
+    r = _run(["darts/train_search.py"], [*args, "--save", str(tmp_path / "x")], timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode != 0 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err
