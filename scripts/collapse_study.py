@@ -141,7 +141,7 @@ def markdown_table(runs: list[RunCurves]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(run_specs: list[str], out: Path) -> Path:
+def report(run_specs: list[str], out: Path, budget: str | None = None) -> Path:
     runs = []
     for spec in run_specs:
         label, sep, path = spec.partition("=")
@@ -150,7 +150,10 @@ def report(run_specs: list[str], out: Path) -> Path:
         runs.append(load_run(label, Path(path)))
     pictures = plot_report(runs, out)
     table = markdown_table(runs)
-    body = ["# Collapse study", "", table, ""] + [f"![{p.stem}]({p.name})" for p in pictures]
+    head = ["# Collapse study", ""]
+    if budget:
+        head += [budget, ""]
+    body = head + [table, ""] + [f"![{p.stem}]({p.name})" for p in pictures]
     (out / "report.md").write_text("\n".join(body) + "\n")
     print(table)
     return out / "report.md"
@@ -184,7 +187,13 @@ def run_all(args: argparse.Namespace) -> Path:
             if result.returncode != 0:
                 raise UserError(f"the {label} search failed (exit {result.returncode}); see {save}/log.txt")
         specs.append(f"{label}={save}")
-    return report(specs, args.out)
+    budget = (f"Budget (identical for the three searches): {args.dataset}, "
+              f"{args.subset or 'all'} training images (half for the weights, half for the alphas), "
+              f"{args.image_size or 'native'} px, {args.epochs} epochs, batch {args.batch_size}, "
+              f"{args.init_channels} channels, {args.layers} layers, seed {args.seed}, device {args.device}, "
+              f"{args.threads} thread(s) per search. Made by `python scripts/collapse_study.py "
+              f"{' '.join(sys.argv[1:])}`.")
+    return report(specs, args.out, budget)
 
 
 def build_parser() -> CLIParser:
