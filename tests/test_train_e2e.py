@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} is absent")
 def test_fashion_mnist_retrain_then_evaluate(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = tmp_path / "run"
     train = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--arch", "FairDARTS_a", "--dataset", "fashion_mnist",
