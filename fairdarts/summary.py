@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 
 from fairdarts import build_network, count_flops_params, get_genotype, registered_names

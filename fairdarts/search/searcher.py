@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,6 +29,7 @@ from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
 from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import (
@@ -39,7 +39,6 @@ from fairdarts.search.config import SearchConfig
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
 from fairdarts.search_space import Genotype, Supernet, resolve_primitives
 
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fairdarts-search/1"
 
 
@@ -265,13 +264,4 @@ class Searcher:
             render_genotype(genotype, self.run_dir / "plots", "genotype")
         except UserError as exc:
             self.log.info("cell pictures skipped: %s", exc)
-
-
-def checkpoint_path(resume: str) -> Path:
-    """``--resume`` takes a run folder or its checkpoint file."""
-    path = Path(resume)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"--resume {resume}: no {CHECKPOINT} there; pass a search run folder or its checkpoint.pt")
-    return path
 

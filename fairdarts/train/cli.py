@@ -11,41 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from fairdarts.config import resolve_config, save_config
 from fairdarts.distributed import broadcast_object, cleanup_distributed, init_distributed
-from fairdarts.errors import UserError
+from fairdarts.resume import resume_config
 from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
 from fairdarts.train.config import RESUME_OVERRIDABLE, TrainConfig
-from fairdarts.train.trainer import Trainer, checkpoint_path, resolve_arch
+from fairdarts.train.trainer import Trainer, resolve_arch
 
 PROG = "train.py"
 DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair DARTS settings)"
-
-
-def _has_flag(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
-
-
-def resume_config(cfg: TrainConfig, argv: Sequence[str]) -> tuple[TrainConfig, Path]:
-    """The saved config of the run being resumed, with the harmless overrides of ``argv``."""
-    ckpt = checkpoint_path(cfg.resume)  # type: ignore[arg-type]
-    saved = ckpt.parent / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"--resume {cfg.resume}: {saved} is missing; cannot tell how the run was configured")
-    if _has_flag(argv, "--config"):
-        raise UserError("--config cannot be combined with --resume: the run's saved config.yaml is used")
-    resumed = resolve_config(TrainConfig, ["--config", str(saved), *argv], PROG, DESCRIPTION)
-    base = resolve_config(TrainConfig, ["--config", str(saved)], PROG, DESCRIPTION)
-    changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
-                     if getattr(resumed, f.name) != getattr(base, f.name) and f.name not in RESUME_OVERRIDABLE)
-    if changed:
-        raise UserError(f"--resume keeps the run's config; these flags would change the training: "
-                        f"{', '.join('--' + c for c in changed)} (allowed: "
-                        f"{', '.join('--' + c for c in sorted(RESUME_OVERRIDABLE - {'resume'}))})")
-    return dataclasses.replace(resumed, save=str(ckpt.parent)), ckpt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(TrainConfig, argv, PROG, DESCRIPTION).resolved()
     ckpt = None
     if cfg.resume:
-        cfg, ckpt = resume_config(cfg, argv)
+        cfg, ckpt = resume_config(TrainConfig, cfg.resume, argv, RESUME_OVERRIDABLE, PROG, DESCRIPTION, "training")
     genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
     dist = init_distributed(cfg.device)
     try:

@@ -34,6 +34,7 @@ from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
 from fairdarts.search_space import Genotype, derive, derived_form, genotypes_with_edges, get_genotype
 from fairdarts.search_space import resolve_primitives
@@ -41,7 +42,6 @@ from fairdarts.train.config import TrainConfig
 from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, network_meta
 from fairdarts.train.step import TrainStep, evaluate_sums
 
-CHECKPOINT = "checkpoint.pt"
 BEST = "model_best.pt"
 
 
@@ -280,11 +280,3 @@ def _means(sums: torch.Tensor) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     return loss / n, 100.0 * c1 / n, 100.0 * c5 / n
 
-
-def checkpoint_path(resume: str) -> Path:
-    """``--resume`` takes a run folder or its checkpoint file."""
-    path = Path(resume)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"--resume {resume}: no {CHECKPOINT} there; pass a retraining run folder or its checkpoint.pt")
-    return path
