@@ -10,9 +10,6 @@ with ``--amp`` bf16 and channels-last. Prints a table and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,13 +21,11 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.common import machine_meta, sync, write_results  # noqa: E402
+
 import fairdarts  # noqa: E402
 from fairdarts.train.step import autocast  # noqa: E402
 
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 @torch.no_grad()
@@ -90,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"arch": args.arch, "init_channels": args.channels, "layers": args.layers,
                          **measure(model, batch, max(args.repeats, 10), args.warmup, dev, amp, cl)})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "flops": cost.flops, "params_no_aux": cost.params_no_aux}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+    meta = {**machine_meta(dev), "flops": cost.flops, "params_no_aux": cost.params_no_aux}
+    out = write_results(args.out, meta, rows)
     print(table(rows))
     print(f"wrote {out}")
     return 0

@@ -11,9 +11,6 @@ table and writes JSON (default ``benchmarks/results/retrain_step.json``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,13 +22,11 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.common import machine_meta, sync, write_results  # noqa: E402
+
 import fairdarts  # noqa: E402
 from fairdarts.train.step import TrainStep  # noqa: E402
 
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def measure(arch: str, channels: int, layers: int, batch: int, steps: int, warmup: int, dev: torch.device,
@@ -91,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(args.arch, args.channels, args.layers, args.batch, max(args.steps, 10), args.warmup,
                             dev, amp, cl))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+    out = write_results(args.out, machine_meta(dev), rows)
     print(table(rows))
     print(f"wrote {out}")
     return 0

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +25,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+
+from benchmarks.common import machine_meta, sync, write_results  # noqa: E402
 
 from fairdarts.config import load_config_file  # noqa: E402
 from fairdarts.search.config import SearchConfig  # noqa: E402
@@ -74,10 +74,6 @@ def measure(variant: str, batch: int, channels: int, layers: int, px: int, steps
             "peak_memory_mib": peak / 2 ** 20, "rss_after_imports_mib": baseline / 2 ** 20,
             "peak_memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss"}
 
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def run_child(args: argparse.Namespace, variant: str, batch: int) -> dict:
@@ -133,15 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; use {', '.join(VARIANTS)}")
     rows: list[dict] = []
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         for batch in (int(b) for b in args.batches.split(",")):
             rows.append(run_child(args, variant, batch))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-            meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-                    "processor": platform.processor(), "cpu_count": os.cpu_count()}
-            out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+            out = write_results(args.out, machine_meta(torch.device(args.device)), rows)
     print(table(rows))
     print(f"wrote {out}")
     return 0
