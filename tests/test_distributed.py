@@ -28,6 +28,16 @@ def test_resolve_device():
             resolve_device("cuda:1")
 
 
+def test_batch_size_is_global_and_split_over_ranks():
+    """Regression: each rank used to take the whole --batch_size, doubling the global batch."""
+    cpu = torch.device("cpu")
+    assert DistContext(0, 1, 0, cpu).per_rank_batch(96) == 96
+    assert DistContext(1, 4, 1, cpu).per_rank_batch(96) == 24
+    for bad in (10, 2):
+        with pytest.raises(UserError, match="does not split evenly over 4 ranks"):
+            DistContext(0, 4, 0, cpu).per_rank_batch(bad)
+
+
 def test_single_process_context_and_no_op_collectives(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
