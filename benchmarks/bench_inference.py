@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     cost = fairdarts.count_flops_params(net, (1, 3, 32, 32))
     print(f"{args.arch} C={args.channels} L={args.layers}: {cost.flops / 1e6:.1f}M FLOPs, "
           f"{cost.params_no_aux / 1e6:.3f}M params without the auxiliary head")
-    variants = [(False, False)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
+    variants = [(False, False), (False, True)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
     rows = []
     for amp, cl in variants:
         model = net.to(memory_format=torch.channels_last) if cl else net

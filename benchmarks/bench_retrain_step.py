@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.channels, args.layers = 8, 5
     dev = torch.device(args.device)
-    variants = [(False, False)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
+    variants = [(False, False), (False, True)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
     rows = []
     for amp, cl in variants:
         rows.append(measure(args.arch, args.channels, args.layers, args.batch, max(args.steps, 10), args.warmup,
