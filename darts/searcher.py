@@ -10,16 +10,22 @@
 """
 from __future__ import annotations
 
-from fairdarts.search.searcher import Searcher
+import logging
+from pathlib import Path
+
+from fairdarts.distributed import DistContext
 from fairdarts.search.loop import EpochStats
+from fairdarts.search.searcher import SearchData, Searcher
 from fairdarts.search_space import Genotype
 
 from darts.noise import add_skip_noise, noise_scale, set_noise_scale
+from darts.config import DartsSearchConfig
 from darts.reweight import reweight_genotype
 
 
 class DartsSearcher(Searcher):
-    def __init__(self, cfg, run_dir, dist, logger, data=None):
+    def __init__(self, cfg: DartsSearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
+                 data: SearchData | None = None):
         super().__init__(cfg, run_dir, dist, logger, data)
         self.noisy_skips = add_skip_noise(self.model, cfg.noise_type) if cfg.noise_darts else []
         if cfg.noise_darts:
