@@ -18,3 +18,14 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the shared facts folder beside the checkout) is absent")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of search/training runs: on a shared 2-core machine
+    two threads per process thrash (up to 30x slower). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -116,13 +116,7 @@ TINY = ["--dataset", "synthetic", "--image_size", "8", "--subset", "32", "--batc
         "--init_channels", "4", "--layers", "3", "--device", "cpu", "--report_freq", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine is a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(module_or_script: list[str], args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,13 +16,7 @@ from fairdarts.search_space import DARTS_PRIMITIVES, Supernet
 OPS3 = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads thrash (30x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(gate: str = "sigmoid", primitives=OPS3, dtype=torch.float32, seed: int = 0) -> Supernet:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import fairdarts
@@ -25,13 +24,7 @@ from fairdarts.search.derive_cli import main as derive_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads thrash (30x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--dataset", "synthetic", "--image_size", "8", "--subset", "48", "--batch_size", "8",
         "--init_channels", "4", "--layers", "3", "--device", "cpu", "--report_freq", "1"]
 
