@@ -1,17 +1,21 @@
-"""``--resume RUN_DIR_OR_CKPT``: find the checkpoint and rebuild the run's saved config.
+"""Starting or resuming a run, shared by the search and the retraining.
 
-Shared by the search and the retraining: a resumed run keeps the config it was started with
-(its ``config.yaml``); only flags that cannot change the result (``--epochs`` to extend a run,
-``--device``, logging, ...) may be given again.
+``--resume RUN_DIR_OR_CKPT`` finds the checkpoint and rebuilds the run's saved config: a
+resumed run keeps the config it was started with (its ``config.yaml``); only flags that cannot
+change the result (``--epochs`` to extend a run, ``--device``, logging, ...) may be given again.
+:func:`open_run` makes (or reopens) the run folder, its log and its ``config.yaml``.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from fairdarts.config import resolve_config
+from fairdarts.config import resolve_config, save_config
+from fairdarts.distributed import DistContext, broadcast_object
 from fairdarts.errors import UserError
+from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
 
 CHECKPOINT = "checkpoint.pt"
 C = TypeVar("C")
@@ -48,3 +52,15 @@ def resume_config(config_cls: type[C], resume: str, argv: Sequence[str], overrid
                         f"{', '.join('--' + c for c in changed)} (allowed: "
                         f"{', '.join('--' + c for c in sorted(set(overridable) - {'resume'}))})")
     return dataclasses.replace(resumed, save=str(ckpt.parent)), ckpt  # type: ignore[type-var]
+
+
+def open_run(cfg: C, kind: str, resuming: bool, dist: DistContext) -> tuple[C, Path, logging.Logger]:
+    """(config with ``save`` filled in, run folder, logger). Without ``--save`` the folder is
+    ``runs/<kind>-<timestamp>``, named by rank 0 so that every rank agrees; only rank 0 writes."""
+    save = cfg.save or broadcast_object(default_run_name(kind) if dist.is_main else None)  # type: ignore[attr-defined]
+    cfg = dataclasses.replace(cfg, save=str(save))  # type: ignore[type-var]
+    run_dir = prepare_run_dir(cfg.save, resume=resuming, is_main=dist.is_main)  # type: ignore[attr-defined]
+    logger = setup_logger(run_dir, dist.is_main)
+    if dist.is_main:
+        save_config(dataclasses.replace(cfg, resume=None), run_dir / "config.yaml")  # type: ignore[type-var]
+    return cfg, run_dir, logger

@@ -4,6 +4,7 @@ evaluate.py reads alone, --arch from a search folder, exact resume after SIGKILL
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,3 +156,12 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert_same(weights(two, params_only=True), weights(one, params_only=True), atol=1e-5)
     m1, m2 = (load_checkpoint(r / "checkpoint.pt")["metrics"] for r in (one, two))
     assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-5)  # metrics all-reduced over ranks
+
+
+def test_default_run_folder_is_runs_train_timestamp(tmp_path, monkeypatch):
+    """Regression: without --save the folder was runs/runs/train-<timestamp>."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--epochs", "1", "--max_steps_per_epoch", "1"]) == 0
+    made = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "runs").iterdir()]
+    assert len(made) == 1 and re.fullmatch(r"runs/train-\d{8}-\d{6}", made[0]), made
+    assert (tmp_path / made[0] / "checkpoint.pt").is_file()

@@ -12,10 +12,9 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from fairdarts.config import resolve_config, save_config
-from fairdarts.distributed import broadcast_object, cleanup_distributed, init_distributed
-from fairdarts.resume import resume_config
-from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
+from fairdarts.config import resolve_config
+from fairdarts.distributed import cleanup_distributed, init_distributed
+from fairdarts.resume import open_run, resume_config
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
 from fairdarts.search.searcher import Searcher, build_data
 
@@ -35,12 +34,7 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
     dist = init_distributed(cfg.device)
     try:
         data = build_data(cfg, dist)  # missing data fails here, before a run folder is created
-        save = cfg.save or broadcast_object(default_run_name("search") if dist.is_main else None)
-        cfg = dataclasses.replace(cfg, save=str(save))
-        run_dir = prepare_run_dir(cfg.save, resume=ckpt is not None, is_main=dist.is_main)
-        logger = setup_logger(run_dir, dist.is_main)
-        if dist.is_main:
-            save_config(dataclasses.replace(cfg, resume=None), run_dir / "config.yaml")
+        cfg, run_dir, logger = open_run(cfg, "search", ckpt is not None, dist)
         if cfg.aux_loss_weight and cfg.gate == "softmax":
             logger.info("note: the zero-one loss is defined on sigmoid gates; --aux_loss_weight %s is not used "
                         "with --gate softmax", cfg.aux_loss_weight)

@@ -13,10 +13,9 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from fairdarts.config import resolve_config, save_config
-from fairdarts.distributed import broadcast_object, cleanup_distributed, init_distributed
-from fairdarts.resume import resume_config
-from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
+from fairdarts.config import resolve_config
+from fairdarts.distributed import cleanup_distributed, init_distributed
+from fairdarts.resume import open_run, resume_config
 from fairdarts.train.config import RESUME_OVERRIDABLE, TrainConfig
 from fairdarts.train.trainer import Trainer, resolve_arch
 
@@ -33,12 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
     dist = init_distributed(cfg.device)
     try:
-        save = cfg.save or broadcast_object(default_run_name("runs/train") if dist.is_main else None)
-        cfg = dataclasses.replace(cfg, save=str(save))
-        run_dir = prepare_run_dir(cfg.save, resume=ckpt is not None, is_main=dist.is_main)
-        logger = setup_logger(run_dir, dist.is_main)
-        if dist.is_main:
-            save_config(dataclasses.replace(cfg, resume=None), run_dir / "config.yaml")
+        cfg, run_dir, logger = open_run(cfg, "train", ckpt is not None, dist)
         logger.info("train config: %s", dataclasses.asdict(cfg))
         trainer = Trainer(cfg, genotype, run_dir, dist, logger)
         logger.info("genotype: %s", trainer.genotype.to_text())
