@@ -31,6 +31,9 @@ def count_flops_params(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32
     import copy
 
     from thop import profile
+    from thop.vision.basic_hooks import count_convNd
+
+    from fairdarts.search_space.depthwise import DepthwiseConv2d
 
     params = sum(p.numel() for p in model.parameters())
     aux = getattr(model, "auxiliary_head", None)
@@ -38,7 +41,8 @@ def count_flops_params(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32
     # thop registers buffers on the modules it visits: count on a throwaway copy.
     probe = copy.deepcopy(model).eval()
     device = next(probe.parameters()).device
-    custom = {nn.BatchNorm2d: _no_count, nn.BatchNorm1d: _no_count}
+    # thop matches exact types: our nn.Conv2d subclass must be named to be counted.
+    custom = {nn.BatchNorm2d: _no_count, nn.BatchNorm1d: _no_count, DepthwiseConv2d: count_convNd}
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         flops, _ = profile(probe, inputs=(torch.zeros(input_size, device=device),),
                            custom_ops=custom, verbose=False)

@@ -100,9 +100,15 @@ class Architect:
 
     # ----- first order -------------------------------------------------------------------
     def first_order_grads(self, arch_batch: tuple[Tensor, Tensor]) -> tuple[list[Tensor], ArchStepStats]:
-        """d L_arch(w, alpha) / d alpha on the architecture batch, weights held fixed."""
+        """d L_arch(w, alpha) / d alpha on the architecture batch, weights held fixed.
+
+        The weights enter detached: autograd then skips their gradients everywhere, including
+        inside custom autograd functions (``DepthwiseConv2d``), which cannot tell on their own
+        that nobody asked for them. The live BatchNorm statistics are updated as before.
+        """
         x, y = arch_batch
-        loss, ce, l01 = self.objective(self.model(x), y, self.alphas)
+        fixed = {name: w.detach() for name, w in self.model.named_weight_parameters()}
+        loss, ce, l01 = self.objective(functional_call(self.model, fixed, (x,)), y, self.alphas)
         grads = list(_grad(loss, self.alphas))
         return grads, ArchStepStats(loss.detach(), ce.detach(), l01.detach())
 

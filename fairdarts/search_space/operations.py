@@ -8,7 +8,8 @@ equal the official ones so that published checkpoints load with ``strict=True``.
 Every convolutional op starts with a ReLU. The supernet builds its ops with
 ``leading_relu=False`` and applies one shared ReLU per edge input instead (same mathematics,
 one activation instead of six); the ReLU slot then holds an ``nn.Identity`` so the indices,
-and hence the keys, do not move.
+and hence the keys, do not move. The depthwise convolutions are :class:`DepthwiseConv2d`, an
+``nn.Conv2d`` with the same keys whose CPU gradients avoid oneDNN's slow kernels.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from fairdarts.search_space.depthwise import DepthwiseConv2d
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
 
@@ -48,8 +51,7 @@ class DilConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             _relu(leading_relu),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding,
-                      dilation=dilation, groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride=stride, padding=padding, dilation=dilation),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -66,11 +68,11 @@ class SepConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             _relu(leading_relu),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride=stride, padding=padding),
             nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_in, affine=affine),
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride=1, padding=padding),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
