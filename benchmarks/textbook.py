@@ -22,8 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairdarts.search_space.depthwise import DepthwiseConv2d
 from fairdarts.search_space.operations import FactorizedReduce, ReLUConvBN, build_op
 from fairdarts.search_space.supernet import apply_gate, num_edges
+
+
+def official_convs(module: nn.Module) -> nn.Module:
+    """Swap our :class:`DepthwiseConv2d` for the plain ``nn.Conv2d`` of the official ops (same
+    configuration; oneDNN's own gradients), so the textbook pays what the official code pays."""
+    for name, child in module.named_children():
+        if isinstance(child, DepthwiseConv2d):
+            setattr(module, name, nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                            child.stride, child.padding, child.dilation, child.groups, bias=False))
+        else:
+            official_convs(child)
+    return module
 
 
 class TextbookMixedOp(nn.Module):
@@ -31,7 +44,7 @@ class TextbookMixedOp(nn.Module):
         super().__init__()
         ops = []
         for name in primitives:
-            op = build_op(name, C, stride, affine=False, leading_relu=True)
+            op = official_convs(build_op(name, C, stride, affine=False, leading_relu=True))
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             ops.append(op)

@@ -57,3 +57,15 @@ def test_float32_agreement_is_rounding_only():
     """The benchmark's own precision: differences stay at float32 rounding level."""
     errors = compare_implementations(ALGORITHMS["darts_2nd"], TINY, batch_size=4, dtype=torch.float32)
     assert max(errors.values()) < 1e-3, errors
+
+
+def test_textbook_pays_the_official_convolution_cost() -> None:
+    """The textbook keeps the official plain nn.Conv2d: our faster depthwise gradients must not
+    leak into the baseline that our speed-up is measured against."""
+    from benchmarks.textbook import TextbookSupernet
+    from fairdarts.search_space.depthwise import DepthwiseConv2d
+
+    net = TextbookSupernet(4, 10, 3, DARTS_PRIMITIVES, gate="softmax")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and not any(isinstance(m, DepthwiseConv2d) for m in convs)
+    assert any(m.dilation == (2, 2) for m in convs)
