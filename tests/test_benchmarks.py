@@ -1,0 +1,40 @@
+"""The benchmark scripts stay runnable: their quick modes on tiny sizes, checked for content
+(never for speed: timings are the benchmarks' business, not the tests')."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import bench_depthwise, bench_search_passes  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """The scripts set the intra-op thread count (``--threads``); give it back afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_search_passes_quick(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "passes.json"
+    assert bench_search_passes.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    for key in ("A_s", "W_s", "V_s", "first_order_s", "second_order_s"):
+        assert row[key] > 0
+    assert row["predicted_ratio"] == (2 * row["W_s"] + row["V_s"] + 2 * row["A_s"]) / (row["A_s"] + row["W_s"])
+    assert "floor of any exact implementation" in capsys.readouterr().out
+
+
+def test_depthwise_quick_gradients_agree(tmp_path: Path) -> None:
+    out = tmp_path / "depthwise.json"
+    assert bench_depthwise.main(["--quick", "--batch", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == len(bench_depthwise.CASES)
+    assert max(r["max_rel_diff"] for r in rows) < 1e-4  # float32, sums regrouped
