@@ -73,7 +73,7 @@ def test_same_parameters_and_keys_as_conv2d() -> None:
 
 def test_inference_takes_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """No gradient needed (evaluation, ONNX export): the plain oneDNN forward, no custom function."""
-    import fairdarts.search_space.depthwise as depthwise
+    from fairdarts.search_space import depthwise
 
     def refuse(*args: object) -> None:
         raise AssertionError("the custom autograd function ran without a gradient to compute")
