@@ -9,17 +9,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks import bench_depthwise, bench_search_passes  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    """The scripts set the intra-op thread count (``--threads``); give it back afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# The scripts set the intra-op thread count (--threads 1); one_thread gives it back afterwards.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_search_passes_quick(tmp_path: Path, capsys) -> None:

@@ -27,13 +27,7 @@ def _case(base: str, gate: str, primitives: tuple[str, ...], unrolled: bool):
                                  f"{'2nd' if unrolled else '1st'}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which dominates on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = [
