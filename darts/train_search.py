@@ -11,6 +11,7 @@ defaults are the DARTS ones. Also ``python -m darts.train_search``.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ if __package__ in (None, ""):  # `python darts/train_search.py`: make the reposi
 from fairdarts.config import resolve_config  # noqa: E402
 from fairdarts.errors import run_cli  # noqa: E402
 from fairdarts.search import cli as search_cli  # noqa: E402
+from fairdarts.threads import set_threads  # noqa: E402
 
 from darts.config import DartsSearchConfig  # noqa: E402
 from darts.searcher import DartsSearcher  # noqa: E402
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(DartsSearchConfig, argv, PROG, DESCRIPTION)
     if cfg.random_search:
         from darts.random_search import run_random_search
-        return run_random_search(cfg)
+        return run_random_search(dataclasses.replace(cfg, threads=set_threads(cfg.threads)))
     return search_cli.main(argv, config_cls=DartsSearchConfig, searcher_cls=DartsSearcher, prog=PROG,
                            description=DESCRIPTION)
 

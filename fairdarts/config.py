@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar,
 import yaml
 
 from fairdarts.errors import CLIParser, UserError, one_line
+from fairdarts.help_groups import group_of, help_sections
 from fairdarts.run_dir import atomic_write_text
 
 C = TypeVar("C")
@@ -36,14 +38,19 @@ SCALARS = (int, float, str, bool)
 
 def field_help(default: Any, help: str, choices: Sequence[Any] | None = None,
                low: float | None = None, high: float | None = None,
-               low_open: bool = False, high_open: bool = False) -> Any:
+               low_open: bool = False, high_open: bool = False, required: bool = False,
+               group: str | None = None) -> Any:
     """A dataclass field that also carries its help text, allowed values and numeric range.
 
     ``low``/``high`` bound the value (or every element of a list), inclusive unless
     ``low_open``/``high_open``; ``None`` values of optional fields are not range-checked.
+    ``required``: the flag must be typed. ``group``: its ``--help`` section when the shared
+    table of :mod:`fairdarts.help_groups` does not fit this command. A help text that says
+    "default" itself (e.g. "default 36 CIFAR, 48 ImageNet") gets no ``(default: ...)`` appended.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
-                "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+                "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+                "required": required, "group": group}
     if isinstance(default, list):  # a mutable default needs a factory, or all instances share it
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -115,19 +122,32 @@ def _flag_type(kind: _Kind) -> Callable[[str], Any]:
     return parse
 
 
+def _flag_help(field: dataclasses.Field) -> str:
+    """The help text with the default said once: appended unless the text says it already."""
+    text = field.metadata.get("help", "")
+    if field.metadata.get("required"):
+        return f"{text} (required)"
+    if re.search(r"\bdefault\b", text):
+        return text
+    return f"{text} (default: {_show(_default(field))})"
+
+
 def build_parser(config_cls: type, prog: str, description: str) -> CLIParser:
-    """One ``--<field>`` flag per field of ``config_cls``, plus ``--config FILE``.
+    """One ``--<field>`` flag per field of ``config_cls``, plus ``--config FILE``, in the
+    ``--help`` sections of :mod:`fairdarts.help_groups`.
 
     Every default is ``argparse.SUPPRESS``: the parsed namespace holds only the flags typed,
     which is what lets them override the YAML file and nothing else.
     """
     parser = CLIParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE", help="YAML file of option: value pairs; flags override it")
+    sections = help_sections(parser)
     kinds = _kinds(config_cls)
     for field in dataclasses.fields(config_cls):
         kind = kinds[field.name]
-        text = f"{field.metadata.get('help', '')} (default: {_show(_default(field))})".strip()
-        kwargs: dict[str, Any] = {"dest": field.name, "help": text.replace("%", "%%")}
+        kwargs: dict[str, Any] = {"dest": field.name, "help": _flag_help(field).replace("%", "%%")}
+        if field.metadata.get("required"):
+            kwargs["required"] = True
         if kind.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -137,7 +157,7 @@ def build_parser(config_cls: type, prog: str, description: str) -> CLIParser:
                           metavar=None if choices else kind.base.__name__.upper())
             if kind.is_list:
                 kwargs["nargs"] = "+"
-        parser.add_argument(f"--{field.name}", **kwargs)
+        sections[group_of(field.name, field.metadata.get("group"))].add_argument(f"--{field.name}", **kwargs)
     return parser
 
 

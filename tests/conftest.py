@@ -1,6 +1,7 @@
 """Shared test helpers: where ../shared lives, small thread counts."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,14 @@ def shared_dir() -> Path:
 def one_thread():
     """One intra-op thread for a module of search/training runs: on a shared 2-core machine
     two threads per process thrash (up to 30x slower). Use with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    n = torch.get_num_threads()
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``. ``OMP_NUM_THREADS=1`` makes it the
+    default ``--threads`` of the commands these tests call, and of their subprocesses."""
+    n, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(n)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

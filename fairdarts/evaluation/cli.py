@@ -22,6 +22,8 @@ from fairdarts.errors import UserError
 from fairdarts.evaluation.evaluator import EvalResult, LoadedModel, evaluate, load_model, plot_confusion
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
+from fairdarts.run_dir import progress
+from fairdarts.threads import set_threads
 from fairdarts.train.config import DATASET_CHOICES
 
 PROG = "evaluate.py"
@@ -30,7 +32,8 @@ DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, los
 
 @dataclass
 class EvalConfig:
-    model_path: str | None = field_help(None, "checkpoint: a train.py checkpoint, or an official {'state_dict': ...} file")
+    model_path: str | None = field_help(None, "checkpoint: a train.py checkpoint, or an official {'state_dict': ...} file",
+                                        required=True)
     arch: str | None = field_help(None, "genotype for official checkpoints (name, JSON, Genotype(...) text, run folder)")
     init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)", low=1)
     layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3)
@@ -40,21 +43,21 @@ class EvalConfig:
     subset: int | None = field_help(None, "evaluate only the first N test images", low=1)
     image_size: int | None = field_help(None, "resize test images (default: the checkpoint's / dataset's)", low=4)
     inputs: str | None = field_help(None, "evaluate a saved tensor batch instead of a dataset (see the module doc)")
-    batch_size: int = field_help(256, "batch size", low=1)
+    batch_size: int = field_help(256, "batch size", low=1, group="devices/speed")
     workers: int = field_help(4, "DataLoader workers (on-disk datasets)", low=0)
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = field_help(
+        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
+              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
     amp: bool = field_help(False, "mixed precision on CUDA")
     amp_dtype: str = field_help("bf16", "autocast dtype of --amp", choices=("bf16", "fp16"))
     channels_last: bool = field_help(False, "channels-last memory format")
+    progress: bool = field_help(True, "progress bar with ETA when stderr is a terminal")
     per_class: bool = field_help(False, "print the accuracy of every class")
     confusion: str | None = field_help(None, "write the confusion matrix as a PNG here")
     dump_logits: str | None = field_help(None, "save {'logits', 'targets'} of every test image here (torch file)")
     export: str | None = field_help(None, "also export the network for deployment", choices=("onnx",))
     export_path: str | None = field_help(None, "where --export writes (default: beside the checkpoint, .onnx)")
-
-    def validate(self) -> None:
-        if not self.model_path:
-            raise UserError("--model_path is required (a checkpoint file)")
 
 
 def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, device: torch.device):
@@ -96,9 +99,9 @@ def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
     return shape
 
 
-def report(result: EvalResult, names: list[str] | None, per_class: bool) -> None:
+def report(result: EvalResult, names: list[str] | None, per_class: bool, threads: int) -> None:
     print(f"test: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
-          f"({result.n} images, {result.images_per_s:.1f} images/s)")
+          f"({result.n} images, {result.images_per_s:.1f} images/s, {threads} CPU threads)")
     if per_class:
         for i, acc in enumerate(result.per_class.tolist()):
             label = names[i] if names and i < len(names) else str(i)
@@ -107,6 +110,7 @@ def report(result: EvalResult, names: list[str] | None, per_class: bool) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), PROG, DESCRIPTION)
+    threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model_path, cfg.arch, cfg.init_channels, cfg.layers)  # type: ignore[arg-type]
     shape = print_cost(loaded)
@@ -123,10 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference, has_target = None, True
         if num_classes != loaded.meta["num_classes"]:
             raise UserError(f"the network has {loaded.meta['num_classes']} classes, the {dataset} test set {num_classes}")
+    batches = progress(batches, total=len(batches), desc="test", enabled=cfg.progress)
     result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,
                       amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
     if has_target:
-        report(result, names, cfg.per_class)
+        report(result, names, cfg.per_class, threads)
     else:
         print(f"inputs: {result.n} images ({result.images_per_s:.1f} images/s); no targets in {cfg.inputs}")
     if reference is not None:

@@ -12,11 +12,14 @@ import dataclasses
 import sys
 from typing import Sequence
 
+import torch
+
 from fairdarts.config import resolve_config
 from fairdarts.distributed import cleanup_distributed, init_distributed
 from fairdarts.resume import open_run, resume_config
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
 from fairdarts.search.searcher import Searcher, build_data
+from fairdarts.threads import set_threads
 
 PROG = "train_search.py"
 DESCRIPTION = "Fair DARTS (default) or DARTS (--gate softmax --primitives darts) architecture search"
@@ -31,6 +34,7 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
     ckpt = None
     if cfg.resume:
         cfg, ckpt = resume_config(config_cls, cfg.resume, argv, RESUME_OVERRIDABLE, prog, description, "search")
+    cfg = dataclasses.replace(cfg, threads=set_threads(cfg.threads))  # recorded in config.yaml
     dist = init_distributed(cfg.device)
     try:
         data = build_data(cfg, dist)  # missing data fails here, before a run folder is created
@@ -39,6 +43,7 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
             logger.info("note: the zero-one loss is defined on sigmoid gates; --aux_loss_weight %s is not used "
                         "with --gate softmax", cfg.aux_loss_weight)
         logger.info("search config: %s", dataclasses.asdict(cfg))
+        logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
         searcher = searcher_cls(cfg, run_dir, dist, logger, data)
         if ckpt is not None:
             searcher.resume(ckpt)

@@ -18,7 +18,7 @@ DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "fol
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
 RESUME_OVERRIDABLE: frozenset[str] = frozenset(
-    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite"})
+    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite", "threads"})
 
 
 @dataclass
@@ -67,6 +67,9 @@ class SearchConfig:
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = field_help(
+        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
+              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
     report_freq: int = field_help(50, "log every N steps", low=1)
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)

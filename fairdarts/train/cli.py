@@ -13,10 +13,13 @@ import dataclasses
 import sys
 from typing import Sequence
 
+import torch
+
 from fairdarts.config import resolve_config
 from fairdarts.distributed import cleanup_distributed, init_distributed
 from fairdarts.resume import open_run, resume_config
 from fairdarts.train.config import RESUME_OVERRIDABLE, TrainConfig
+from fairdarts.threads import set_threads
 from fairdarts.train.trainer import Trainer, resolve_arch
 
 PROG = "train.py"
@@ -29,11 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = None
     if cfg.resume:
         cfg, ckpt = resume_config(TrainConfig, cfg.resume, argv, RESUME_OVERRIDABLE, PROG, DESCRIPTION, "training")
+    cfg = dataclasses.replace(cfg, threads=set_threads(cfg.threads))  # recorded in config.yaml
     genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
     dist = init_distributed(cfg.device)
     try:
         cfg, run_dir, logger = open_run(cfg, "train", ckpt is not None, dist)
         logger.info("train config: %s", dataclasses.asdict(cfg))
+        logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
         trainer = Trainer(cfg, genotype, run_dir, dist, logger)
         logger.info("genotype: %s", trainer.genotype.to_text())
         logger.info("network: %s, %.3fM parameters (auxiliary head included)", trainer.meta,

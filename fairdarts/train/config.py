@@ -32,7 +32,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Flags that may change when a run is resumed: none of them alters what is computed.
 RESUME_OVERRIDABLE: frozenset[str] = frozenset(
-    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite"})
+    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite", "threads"})
 
 
 @dataclass
@@ -71,7 +71,8 @@ class TrainConfig:
     batch_size: int | None = field_help(None, "GLOBAL batch size, split over torchrun ranks (default 96 / 128)", low=1)
     learning_rate: float | None = field_help(None, "initial SGD learning rate (default 0.025 CIFAR, 0.1 ImageNet)", low=0.0)
     learning_rate_min: float = field_help(0.0, "final learning rate of the cosine schedule", low=0.0)
-    lr_schedule: str | None = field_help(None, "cosine (CIFAR) or exponential: lr * gamma per epoch (ImageNet)",
+    lr_schedule: str | None = field_help(None, "cosine, or exponential: lr * gamma per epoch (default cosine CIFAR, "
+                                         "exponential ImageNet)",
                                          choices=SCHEDULES)
     gamma: float = field_help(0.97, "per-epoch decay of the exponential schedule", low=0.0, high=1.0, low_open=True)
     momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
@@ -91,6 +92,9 @@ class TrainConfig:
     save: str | None = field_help(None, "run folder (default runs/train-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = field_help(
+        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
+              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
     report_freq: int = field_help(50, "log every N steps", low=1)
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and evaluation) after N batches; for smoke tests and benchmarks", low=1)

@@ -1,0 +1,46 @@
+"""The sections of every command's ``--help``, from one table.
+
+A flag's section is, in order: the ``group`` of its :func:`fairdarts.config.field_help`
+(for the rare flag whose name means something else in one command), else :data:`FLAG_GROUPS`
+by flag name (the commands share their names: ``--data`` is a data flag everywhere), else
+``other``. A flag added without a section still shows, under ``other``.
+"""
+from __future__ import annotations
+
+import argparse
+
+#: Section titles in the order ``--help`` prints them.
+GROUPS: tuple[str, ...] = ("data", "network", "optimisation", "architecture", "run folder", "devices/speed",
+                           "logging", "outputs", "ablations (darts/ only)", "other")
+
+FLAG_GROUPS: dict[str, str] = {
+    **dict.fromkeys(("source", "reduce", "data", "dataset", "download", "train_portion", "subset", "test_subset",
+                     "image_size", "cutout", "cutout_length", "auto_aug", "augment", "inputs", "num_classes",
+                     "in_channels"), "data"),
+    **dict.fromkeys(("model_path", "arch", "all", "network", "init_channels", "layers", "primitives", "gate",
+                     "alpha_init", "auxiliary", "auxiliary_weight", "drop_path_prob"), "network"),
+    **dict.fromkeys(("epochs", "batch_size", "learning_rate", "learning_rate_min", "lr_schedule", "gamma",
+                     "momentum", "weight_decay", "label_smoothing", "grad_clip", "accum_steps", "seed",
+                     "max_steps_per_epoch", "skip_nonfinite"), "optimisation"),
+    **dict.fromkeys(("arch_learning_rate", "arch_weight_decay", "arch_beta1", "arch_beta2", "aux_loss_weight",
+                     "sep_loss", "unrolled", "hessian", "single_level", "parse_method", "op_threshold"),
+                    "architecture"),
+    **dict.fromkeys(("save", "resume"), "run folder"),
+    **dict.fromkeys(("device", "threads", "workers", "amp", "amp_dtype", "channels_last", "compile", "sync_bn"),
+                    "devices/speed"),
+    **dict.fromkeys(("report_freq", "progress", "eval_every"), "logging"),
+    **dict.fromkeys(("per_class", "confusion", "dump_logits", "export", "export_path", "json", "out", "name"), "outputs"),
+    **dict.fromkeys(("noise_darts", "noise_type", "noise_scheduler", "max_step", "random_search", "num_identity",
+                     "num_arch", "flops_threshold", "max_tries", "train_random_epochs", "reweight"),
+                    "ablations (darts/ only)"),
+}
+
+
+def group_of(name: str, override: str | None = None) -> str:
+    """The ``--help`` section of flag ``name`` (``override``: the field's own ``group``)."""
+    return override or FLAG_GROUPS.get(name, "other")
+
+
+def help_sections(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per section, created in :data:`GROUPS` order (argparse hides empty ones)."""
+    return {title: parser.add_argument_group(title) for title in GROUPS}

@@ -1,0 +1,123 @@
+"""Every command's ``--help``: every flag explained, in its section, its default said once,
+required flags marked required; and ``--threads`` sets the threads a run computes with."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+
+import pytest
+import torch
+import yaml
+
+from darts.config import DartsSearchConfig
+from fairdarts.config import build_parser
+from fairdarts.evaluation.cli import EvalConfig
+from fairdarts.help_groups import GROUPS, group_of
+from fairdarts.search import cli as search_cli
+from fairdarts.search import derive_cli
+from fairdarts import summary, visualize
+from fairdarts.search.config import SearchConfig
+from fairdarts.threads import available_cores
+from fairdarts.train import cli as train_cli
+from fairdarts.train.config import TrainConfig
+
+CONFIG_CLIS = {"train_search.py": SearchConfig, "darts/train_search.py": DartsSearchConfig,
+               "train.py": TrainConfig, "evaluate.py": EvalConfig}
+PARSERS = {**{prog: (lambda c=cls, p=prog: build_parser(c, p, "test")) for prog, cls in CONFIG_CLIS.items()},
+           "summary": summary.build_parser, "derive": derive_cli.build_parser, "visualize": visualize.build_parser}
+
+
+def flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+
+
+def section_of(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    return next(g.title for g in parser._action_groups if action in g._group_actions)
+
+
+@pytest.mark.parametrize("prog", PARSERS)
+def test_every_flag_is_explained_with_its_default_said_once(prog):
+    parser = PARSERS[prog]()
+    for action in flags(parser):
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help and len(action.help) > 10, f"{prog} {name} has no help text"
+        assert len(re.findall(r"\bdefault\b", action.help)) <= 1, f"{prog} {name}: {action.help}"
+        if action.required:
+            assert "default" not in action.help, f"{prog} {name} is required but shows a default"
+
+
+@pytest.mark.parametrize("prog", CONFIG_CLIS)
+def test_config_flags_sit_in_their_sections_in_order(prog):
+    parser = PARSERS[prog]()
+    fields = {f.name: f for f in dataclasses.fields(CONFIG_CLIS[prog])}
+    for action in flags(parser):
+        if action.dest != "config":
+            assert section_of(parser, action) == group_of(action.dest, fields[action.dest].metadata.get("group"))
+    text = parser.format_help()
+    positions = [text.index(f"\n{t}:\n") for t in GROUPS if f"\n{t}:\n" in text]
+    assert len(positions) >= 4 and positions == sorted(positions)
+
+
+def test_the_big_commands_use_every_main_section():
+    for prog in ("train_search.py", "train.py"):
+        text = PARSERS[prog]().format_help()
+        for title in ("data", "network", "optimisation", "architecture", "run folder", "devices/speed", "logging"):
+            assert f"\n{title}:\n" in text, (prog, title)
+        assert "\nother:\n" not in text, f"{prog} has flags outside the sections of fairdarts/help_groups.py"
+
+
+def test_required_flag_is_shown_required(capsys):
+    parser = PARSERS["evaluate.py"]()
+    model_path = next(a for a in flags(parser) if a.dest == "model_path")
+    assert model_path.required and model_path.help.endswith("(required)")
+    assert "[--model_path" not in parser.format_usage() and "--model_path STR" in parser.format_usage()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: the following arguments are required: --model_path (see --help)"
+
+
+def test_a_flag_without_a_section_lands_in_other():
+    assert group_of("a_flag_nobody_listed") == "other"
+    assert group_of("batch_size", "devices/speed") == "devices/speed"
+
+
+def test_default_threads_follow_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert available_cores() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert available_cores() == 1  # never 0, however many ranks share the node
+
+
+TINY_SEARCH = ["--dataset", "synthetic", "--image_size", "8", "--subset", "16", "--batch_size", "8",
+               "--init_channels", "4", "--layers", "3", "--device", "cpu", "--epochs", "1", "--no-progress"]
+TINY_TRAIN = ["--dataset", "synthetic", "--image_size", "8", "--subset", "16", "--batch_size", "8",
+              "--init_channels", "4", "--layers", "3", "--device", "cpu", "--epochs", "1", "--no-progress",
+              "--max_steps_per_epoch", "1"]
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, monkeypatch):
+    seen: list[int] = []
+    module, cls_name, args = ((search_cli, "Searcher", TINY_SEARCH) if command == "search"
+                              else (train_cli, "Trainer", TINY_TRAIN))
+    base = getattr(module, cls_name)
+
+    class Probe(base):  # type: ignore[misc, valid-type]
+        def run(self):
+            seen.append(torch.get_num_threads())
+            return super().run()
+
+    monkeypatch.setattr(module, cls_name, Probe)
+    extra = {"searcher_cls": Probe} if command == "search" else {}  # main's default argument is bound early
+    before = torch.get_num_threads()
+    want = 3 if before != 3 else 2
+    try:
+        assert module.main([*args, "--threads", str(want), "--save", str(tmp_path / "run")], **extra) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [want]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["threads"] == want
+    assert f"intra-op CPU threads: {want} (--threads)" in (tmp_path / "run" / "log.txt").read_text()
