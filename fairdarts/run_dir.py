@@ -64,13 +64,26 @@ def setup_logger(run_dir: Path | None, is_main: bool, name: str = "fairdarts") -
         handler.close()
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     logger.propagate = False
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [TqdmAwareHandler(sys.stdout)]
     if is_main and run_dir is not None:
         handlers.append(logging.FileHandler(Path(run_dir) / "log.txt", mode="a", encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
         logger.addHandler(handler)
     return logger
+
+
+class TqdmAwareHandler(logging.StreamHandler):
+    """Writes each line through ``tqdm.write``: a line logged while a progress bar is drawn
+    clears the bar, prints, and redraws it below, instead of landing on the bar's line. Without
+    a bar it is a plain stream handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # logging's own contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 class MetricsWriter:
@@ -106,8 +119,9 @@ class MetricsWriter:
 
 
 def progress(iterable: Iterable[T], total: int | None, desc: str, enabled: bool) -> Iterable[T]:
-    """A tqdm bar over ``iterable`` when enabled and stderr is a terminal; else ``iterable`` itself
-    (log files and CI output get the caller's plain lines instead of bar redraws)."""
+    """A tqdm bar (with rate and ETA) over ``iterable`` when enabled and stderr is a terminal;
+    else ``iterable`` itself (log files and CI output get the caller's plain lines instead of
+    bar redraws)."""
     if not (enabled and sys.stderr.isatty()):
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)

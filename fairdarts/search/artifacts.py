@@ -4,7 +4,8 @@
   (JSON for :func:`fairdarts.get_genotype`, the official ``Genotype(...)`` text for humans);
 * ``normal_weight.npy`` / ``reduce_weight.npy``: the final gate values, 14 x n_ops (official files);
 * ``alpha_history.npz``: raw alphas and gate values per epoch;
-* ``plots/alpha_{normal,reduce}.png``: gate value of every op per edge over the epochs.
+* ``plots/alpha_{normal,reduce}.png``: gate value of every op per edge over the epochs, the
+  nodes named as in the cell pictures (``c_{k-2}``, ``c_{k-1}``, 0-3).
   Figures are built with :class:`matplotlib.figure.Figure` (no pyplot registry), so nothing
   survives the call: the official plots leaked ~275 MiB per figure per epoch.
 """
@@ -83,13 +84,21 @@ class AlphaHistory:
         atomic_write_bytes(path, buf.getvalue())
 
 
+def node_name(index: int) -> str:
+    """A cell state as the cell pictures of :mod:`fairdarts.visualize` name it: the inputs
+    ``c_{k-2}``, ``c_{k-1}``, then the intermediate nodes 0, 1, 2, ..."""
+    return ("c_{k-2}", "c_{k-1}")[index] if index < 2 else str(index - 2)
+
+
 def edge_labels(steps: int = 4) -> list[str]:
-    return [f"{j}->{i + 2}" for i in range(steps) for j in range(i + 2)]
+    """``source -> node`` of every edge, in the row order of the weight matrices."""
+    return [f"{node_name(j)} \u2192 {node_name(i + 2)}" for i in range(steps) for j in range(i + 2)]
 
 
 def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir: Path) -> list[Path]:
-    """One small PNG per cell: a panel per edge, a line per op (gate value vs epoch)."""
+    """One PNG per cell: a panel per edge, a line per op (gate value vs epoch), one legend."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -98,19 +107,27 @@ def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir
         n_edges = values.shape[1]
         cols = min(n_edges, 5)
         rows = -(-n_edges // cols)
-        fig = Figure(figsize=(2.0 * cols, 1.5 * rows + 0.5), dpi=72)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.06, top=0.9, wspace=0.08, hspace=0.3)
+        spare = rows * cols > n_edges  # an empty panel to hold the legend
+        fig = Figure(figsize=(2.4 * cols + (0 if spare else 1.6), 1.9 * rows + 0.8), dpi=100, layout="constrained")
         axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
         for e, label in enumerate(edge_labels(_steps_for(n_edges))):
             for k, op in enumerate(primitives):
-                axes[e].plot(history.epochs, values[:, e, k], label=op, linewidth=1)
-            axes[e].set_title(f"edge {label}", fontsize=7, pad=2)
-            axes[e].tick_params(labelsize=6)
-            axes[e].label_outer()
+                axes[e].plot(history.epochs, values[:, e, k], label=op, linewidth=1.2,
+                             marker="o" if len(history.epochs) < 10 else None, markersize=3)
+            axes[e].set_title(label, fontsize=9, pad=3)
+            axes[e].tick_params(labelsize=8)
+            axes[e].xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[e].grid(alpha=0.3)
         for ax in axes[n_edges:]:
-            ax.set_visible(False)
-        axes[0].legend(fontsize=6, loc="best")
-        fig.suptitle(f"{cell} cell: gate value per op", fontsize=9)
+            ax.axis("off")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if spare:
+            axes[-1].legend(handles, labels, loc="center", fontsize=8, title="op", title_fontsize=9)
+        else:
+            fig.legend(handles, labels, loc="outside right center", fontsize=8, title="op", title_fontsize=9)
+        fig.supxlabel("epoch", fontsize=9)
+        fig.supylabel("gate value", fontsize=9)
+        fig.suptitle(f"{cell} cell: gate value of each op on each edge (source \u2192 node)", fontsize=10)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         fig.clear()

@@ -5,10 +5,13 @@
 
 Reads the final gate values (``normal_weight.npy`` / ``reduce_weight.npy``); the run's
 ``config.yaml`` supplies the primitives and the default method and threshold. Prints the
-official ``Genotype(...)`` text; ``--out`` also writes the JSON that ``get_genotype`` reads.
+official ``Genotype(...)`` text; ``--out`` also writes the JSON that ``get_genotype`` reads. A
+threshold rule that leaves a cell empty (no gate reached the threshold) is warned about on
+stderr, with the gate range found and the two remedies.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +23,7 @@ from fairdarts.help_groups import help_sections
 from fairdarts.run_dir import atomic_write_text
 from fairdarts.search.artifacts import derive_genotype
 from fairdarts.search.config import SearchConfig
-from fairdarts.search_space import METHODS, PRIMITIVE_SETS, resolve_primitives
+from fairdarts.search_space import METHODS, PRIMITIVE_SETS, empty_cell_advice, resolve_primitives
 
 
 def build_parser() -> CLIParser:
@@ -85,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     genotype = derive_genotype(normal, reduce, primitives, method, threshold)
     print(genotype.to_text())
+    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
+                               primitives, method, threshold)
+    if advice:
+        print(f"warning: {advice}", file=sys.stderr)
     if args.out:
         atomic_write_text(Path(args.out), genotype.to_json() + "\n")
     return 0

@@ -37,7 +37,7 @@ from fairdarts.search.artifacts import (
 )
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
-from fairdarts.search_space import Genotype, Supernet, resolve_primitives
+from fairdarts.search_space import Genotype, Supernet, empty_cell_advice, resolve_primitives
 
 CHECKPOINT_FORMAT = "fairdarts-search/1"
 
@@ -205,7 +205,10 @@ class Searcher:
                            cfg.max_steps_per_epoch, report, cfg.report_freq)
 
     def validate(self) -> tuple[float, float]:
-        sums = validate(self.model, self.data.valid, self.cfg.max_steps_per_epoch)
+        cfg = self.cfg
+        total = len(self.data.valid) if cfg.max_steps_per_epoch is None else min(len(self.data.valid), cfg.max_steps_per_epoch)
+        batches = progress(self.data.valid, total=total, desc="valid", enabled=cfg.progress and self.dist.is_main)
+        sums = validate(self.model, batches, cfg.max_steps_per_epoch)
         if self.dist.is_distributed:
             all_reduce_sum_(sums)
         loss_sum, correct, n = sums.tolist()
@@ -251,10 +254,13 @@ class Searcher:
         write_genotype(self.run_dir, genotype)
         self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.parse_method, self.cfg.op_threshold,
                       genotype.to_text())
-        if not genotype.normal or not genotype.reduce:
-            self.log.info("a derived cell is empty (no gate reached --op_threshold %s); re-derive with "
-                          "`python -m fairdarts.search.derive_cli %s --parse_method darts`",
-                          self.cfg.op_threshold, self.run_dir)
+        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
+        advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
+                                   self.primitives, self.cfg.parse_method, self.cfg.op_threshold)
+        if advice:
+            self.log.info("%s: `python -m fairdarts.search.derive_cli %s` with these flags re-derives it, "
+                          "`python train.py --arch %s` with them retrains it directly", advice, self.run_dir,
+                          self.run_dir)
             return
         try:
             from fairdarts.visualize import render_genotype

@@ -1,5 +1,5 @@
 """The search space shared by search, retraining, evaluation and the ablations."""
-from fairdarts.search_space.derivation import METHODS, derive, derived_form
+from fairdarts.search_space.derivation import METHODS, derive, derived_form, empty_cell_advice
 from fairdarts.search_space.genotypes import (
     Edge, Genotype, genotype_from_dict, genotypes_with_edges, get_genotype, make_genotype,
     parse_genotype_text, registered_names,
@@ -11,7 +11,7 @@ from fairdarts.search_space.operations import (
 from fairdarts.search_space.supernet import GATES, MixedOp, SearchCell, Supernet, apply_gate
 
 __all__ = [
-    "METHODS", "derive", "derived_form", "Edge", "Genotype", "genotype_from_dict",
+    "METHODS", "derive", "derived_form", "empty_cell_advice", "Edge", "Genotype", "genotype_from_dict",
     "genotypes_with_edges", "get_genotype", "make_genotype", "parse_genotype_text",
     "registered_names", "NetworkCIFAR", "NetworkImageNet", "drop_path", "DARTS_PRIMITIVES",
     "FAIRDARTS_PRIMITIVES", "OPS", "PRIMITIVE_SETS", "build_op", "resolve_primitives", "GATES",

@@ -13,7 +13,8 @@ node 3 from 0, 1, 2; and so on. ``none`` is never chosen.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -71,3 +72,25 @@ def derive(weights: Any, primitives: Sequence[str], method: str = "darts",
 def derived_form(method: str) -> str:
     """The genotype form a derivation method produces."""
     return "darts" if method == "darts" else "fairdarts"
+
+
+def empty_cell_advice(cells: Mapping[str, tuple[Any, list]], primitives: Sequence[str], method: str,
+                      op_threshold: float | None) -> str | None:
+    """``None`` when every cell has an edge; else one sentence naming the empty cells, the
+    gate range found in them and the two remedies: the ``darts`` rule (never empty), or a
+    threshold at most the highest gate, which keeps at least that edge.
+
+    ``cells`` maps a cell name to (its gated weights, its derived edges). The search, the
+    derive command and ``train.py`` all say this same sentence.
+    """
+    empty = {name: np.asarray(w, dtype=np.float64) for name, (w, edges) in cells.items() if not edges}
+    if not empty:
+        return None
+    usable = [k for k, name in enumerate(primitives) if name != "none"]  # none is never derived
+    ranges = {name: (w[:, usable].min(), w[:, usable].max()) for name, w in empty.items()}
+    pick = math.floor(min(hi for _, hi in ranges.values()) * 100) / 100
+    found = ", ".join(f"{name} {lo:.3f}-{hi:.3f}" for name, (lo, hi) in ranges.items())
+    which = " and ".join(empty) + (" cells are" if len(empty) > 1 else " cell is")
+    return (f"the {which} empty: no gate reached --op_threshold {op_threshold:g} (gates found: {found}); "
+            f"derive with --parse_method darts (the 2 strongest inputs of every node), or with "
+            f"--parse_method {method} --op_threshold {pick:.2f} (at most the highest gate)")

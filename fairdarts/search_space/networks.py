@@ -88,7 +88,9 @@ class FairDartsCell(_CellBase):
         self._nodes = genotype.live_nodes(reduction)
         if not self._nodes:
             kind = "reduction" if reduction else "normal"
-            raise UserError(f"the genotype's {kind} cell has no edges; derive it with a lower --op_threshold")
+            raise UserError(f"the genotype's {kind} cell has no edges (no gate reached the threshold of its "
+                            "derivation); derive it again with --parse_method darts, or a lower --op_threshold: "
+                            "`python -m fairdarts.search.derive_cli RUN_DIR` prints the gate range")
         self.multiplier = len(self._nodes)
         self._ops = nn.ModuleDict()
         for e in edges:

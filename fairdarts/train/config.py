@@ -52,6 +52,8 @@ class TrainConfig:
     auto_aug: bool = field_help(False, "AutoAugment CIFAR-10 policy on training images")
     augment: bool = field_help(True, "random crop and flip on training images (--no-augment for exactness tests)")
     workers: int = field_help(4, "DataLoader workers (only for on-disk datasets such as imagenet / folder)", low=0)
+    test_subset: int | None = field_help(
+        None, "evaluate on the first N test images only (default: the whole test set, as the official code)", low=1)
     # ----- network ---------------------------------------------------------------------
     arch: str = field_help("FairDARTS_a", "genotype: a name, a genotype JSON file, Genotype(...) text or a search run folder")
     parse_method: str | None = field_help(
@@ -96,6 +98,8 @@ class TrainConfig:
         None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
               "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
     report_freq: int = field_help(50, "log every N steps", low=1)
+    eval_every: int = field_help(1, "test-set pass every N epochs and after the last one; model_best.pt is chosen "
+                                    "among those (1: every epoch, the official behaviour)", low=1)
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and evaluation) after N batches; for smoke tests and benchmarks", low=1)
     progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")

@@ -2,8 +2,8 @@
 
 Per epoch: drop path set to ``drop_path_prob * epoch / epochs`` (the official ramp), training
 steps over the (sharded) training set, evaluation on the test set (the official code reports
-it as "valid"), TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved,
-``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
+it as "valid"; ``--eval_every N`` / ``--test_subset N`` make that pass rarer / smaller),
+TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved, ``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
 ``evaluate.py --model_path`` needs no other flag, and ``state_dict`` under the official key.
 
 Resume restarts at the epoch after the last checkpoint with the optimizer, GradScaler and RNG
@@ -36,7 +36,8 @@ from fairdarts.guards import NonFiniteGuard
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
-from fairdarts.search_space import Genotype, derive, derived_form, genotypes_with_edges, get_genotype
+from fairdarts.search.config import SearchConfig
+from fairdarts.search_space import Genotype, derive, derived_form, empty_cell_advice, genotypes_with_edges, get_genotype
 from fairdarts.search_space import resolve_primitives
 from fairdarts.train.config import TrainConfig
 from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, network_meta
@@ -53,21 +54,49 @@ def resolve_arch(cfg: TrainConfig) -> Genotype:
     if cfg.parse_method is None or not folder.is_dir():
         if cfg.parse_method is not None:
             raise UserError(f"--parse_method re-derives a search run folder; --arch {cfg.arch} is not a folder")
-        return get_genotype(cfg.arch)
+        genotype = get_genotype(cfg.arch)
+        if folder.is_dir() and all((folder / f"{c}_weight.npy").is_file() for c in ("normal", "reduce")):
+            _refuse_empty(folder, genotype, _run_setting(folder, "parse_method", SearchConfig.parse_method),
+                          _run_setting(folder, "op_threshold", SearchConfig.op_threshold))
+        return genotype
+    weights = _gate_weights(folder)
+    primitives = _run_primitives(folder, weights[0].shape[1])
+    edges = [derive(w, primitives, cfg.parse_method, cfg.op_threshold) for w in weights]
+    genotype = genotypes_with_edges(edges[0], edges[1], derived_form(cfg.parse_method))
+    _refuse_empty(folder, genotype, cfg.parse_method, cfg.op_threshold)
+    return genotype
+
+
+def _gate_weights(folder: Path) -> list[np.ndarray]:
     weights = []
     for name in ("normal_weight.npy", "reduce_weight.npy"):
         if not (folder / name).is_file():
             raise UserError(f"--parse_method needs {folder / name} (the search's final gate values)")
         weights.append(np.load(folder / name, allow_pickle=False))
-    primitives = _run_primitives(folder, weights[0].shape[1])
-    edges = [derive(w, primitives, cfg.parse_method, cfg.op_threshold) for w in weights]
-    return genotypes_with_edges(edges[0], edges[1], derived_form(cfg.parse_method))
+    return weights
+
+
+def _refuse_empty(folder: Path, genotype: Genotype, method: str, op_threshold: float) -> None:
+    """A run folder whose genotype has an empty cell cannot be retrained: say the remedies
+    (the same sentence the search and the derive command say) in ``train.py`` flags."""
+    if genotype.normal and genotype.reduce:
+        return
+    normal, reduce = _gate_weights(folder)
+    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
+                               _run_primitives(folder, normal.shape[1]), method, op_threshold)
+    raise UserError(f"--arch {folder}: {advice}; both work here directly, e.g. "
+                    f"`python train.py --arch {folder} --parse_method darts`")
+
+
+def _run_setting(folder: Path, key: str, default: Any) -> Any:
+    """One option of the search run's ``config.yaml`` (``default`` when it is absent)."""
+    path = folder / "config.yaml"
+    value = (yaml.safe_load(path.read_text()) or {}).get(key) if path.is_file() else None
+    return default if value is None else value
 
 
 def _run_primitives(folder: Path, n_ops: int) -> tuple[str, ...]:
-    path = folder / "config.yaml"
-    name = yaml.safe_load(path.read_text()).get("primitives", "fairdarts") if path.is_file() else None
-    primitives = resolve_primitives(name or ("fairdarts" if n_ops == 7 else "darts"))
+    primitives = resolve_primitives(_run_setting(folder, "primitives", "fairdarts" if n_ops == 7 else "darts"))
     if len(primitives) != n_ops:
         raise UserError(f"{folder}: the gate weights have {n_ops} op columns but the run's primitives are {primitives}")
     return primitives
@@ -88,9 +117,7 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
     """Training and test splits; in-memory datasets are augmented on the device in batches."""
     train = load_dataset(cfg.dataset, cfg.data, "train", download=cfg.download, image_size=cfg.image_size)
     test = load_dataset(cfg.dataset, cfg.data, "test", download=cfg.download, image_size=cfg.image_size)
-    if cfg.subset is not None:
-        n = min(cfg.subset, len(train))
-        train = train.subset(list(range(n))) if isinstance(train, InMemoryImages) else torch.utils.data.Subset(train, range(n))
+    train, test = _first(train, cfg.subset), _first(test, cfg.test_subset)
     info = train.info if hasattr(train, "info") else train.dataset.info
     per_rank = dist.per_rank_batch(cfg.batch_size)
     if isinstance(train, InMemoryImages):
@@ -108,6 +135,13 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
         test_loader = make_dataloader(test, shuffle=False, seed=cfg.seed, drop_last=False, **kw)
     size = cfg.image_size or info.image_size
     return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info)
+
+
+def _first(data: Any, n: int | None) -> Any:
+    """The first ``n`` images of ``data`` (all of them for ``None``)."""
+    if n is None or n >= len(data):
+        return data
+    return data.subset(list(range(n))) if isinstance(data, InMemoryImages) else torch.utils.data.Subset(data, range(n))
 
 
 # ----- network, optimizer, schedule ---------------------------------------------------------
@@ -217,7 +251,7 @@ class Trainer:
             self.net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
             t0 = time.perf_counter()
             train = self.train_one_epoch(epoch, lr)
-            test = self.test()
+            test = self.test() if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else {}
             metrics = {**train, **test, "lr": lr, "drop_path_prob": self.net.drop_path_prob,
                        "seconds": time.perf_counter() - t0}
             scheduler.step()
@@ -251,23 +285,32 @@ class Trainer:
         return {"train_loss": loss, "train_top1": top1, "train_top5": top5}
 
     def test(self) -> dict[str, float]:
-        sums = evaluate_sums(self.model, self.data.test, self.cfg.max_steps_per_epoch, self.cfg.amp,
-                             self.cfg.amp_dtype, self.cfg.channels_last)
+        cfg = self.cfg
+        total = len(self.data.test) if cfg.max_steps_per_epoch is None else min(len(self.data.test), cfg.max_steps_per_epoch)
+        batches = progress(self.data.test, total=total, desc="test", enabled=cfg.progress and self.dist.is_main)
+        sums = evaluate_sums(self.model, batches, cfg.max_steps_per_epoch, cfg.amp, cfg.amp_dtype, cfg.channels_last)
         loss, top1, top5 = _means(self._reduce(sums))
         return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
 
     def end_of_epoch(self, epoch: int, m: dict[str, float]) -> None:
-        improved = m["test_top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, m["test_top1"])
-        self.log.info("epoch %d train_loss %.4f train_top1 %.2f test_loss %.4f test_top1 %.2f test_top5 %.2f "
-                      "best_top1 %.2f (%.1f s)", epoch, m["train_loss"], m["train_top1"], m["test_loss"],
-                      m["test_top1"], m["test_top5"], self.best_top1, m["seconds"])
+        """Log, TensorBoard, checkpoint; ``model_best.pt`` when this epoch's test pass (if it had one) improved."""
+        tested = "test_top1" in m
+        improved = tested and m["test_top1"] > self.best_top1
+        if tested:
+            self.best_top1 = max(self.best_top1, m["test_top1"])
+            self.log.info("epoch %d train_loss %.4f train_top1 %.2f test_loss %.4f test_top1 %.2f test_top5 %.2f "
+                          "best_top1 %.2f (%.1f s)", epoch, m["train_loss"], m["train_top1"], m["test_loss"],
+                          m["test_top1"], m["test_top5"], self.best_top1, m["seconds"])
+        else:
+            self.log.info("epoch %d train_loss %.4f train_top1 %.2f (no test pass: --eval_every %d) (%.1f s)",
+                          epoch, m["train_loss"], m["train_top1"], self.cfg.eval_every, m["seconds"])
         if not self.dist.is_main:
             return
         for tag, key in (("train/loss", "train_loss"), ("train/top1", "train_top1"), ("train/top5", "train_top5"),
                          ("test/loss", "test_loss"), ("test/top1", "test_top1"), ("test/top5", "test_top5"),
                          ("lr", "lr"), ("drop_path_prob", "drop_path_prob")):
-            self.writer.add_scalar(tag, m[key], epoch)
+            if key in m:
+                self.writer.add_scalar(tag, m[key], epoch)
         state = self.state_dict(epoch + 1, m)
         save_checkpoint(state, self.run_dir / CHECKPOINT)
         if improved:
