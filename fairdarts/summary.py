@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from fairdarts import build_network, count_flops_params, get_genotype, registered_names
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import help_sections
-from fairdarts.threads import set_threads
+from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sections["data"].add_argument("--in_channels", type=_positive, default=3,
                                   help="input image channels, 1 for (Fashion-)MNIST (default: 3)")
     sections["devices/speed"].add_argument("--threads", type=_positive, default=None,
-                                           help="intra-op CPU threads (default: $OMP_NUM_THREADS, else the cores "
-                                                "this process may use)")
+                                           help=THREADS_HELP)
     sections["outputs"].add_argument("--json", action="store_true",
                                      help="print a JSON list of {name, flops, params, params_no_aux}")
     return p

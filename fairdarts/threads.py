@@ -13,6 +13,9 @@ import os
 
 import torch
 
+HELP = ("intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
+        "(default: $OMP_NUM_THREADS, else the cores this process may use)")
+
 
 def available_cores() -> int:
     """The default ``--threads``: ``$OMP_NUM_THREADS`` if set, else this process's CPUs divided

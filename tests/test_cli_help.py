@@ -12,6 +12,7 @@ import yaml
 
 from darts.config import DartsSearchConfig
 from fairdarts.config import build_parser
+from fairdarts.evaluation.cli import main as evaluate_main
 from fairdarts.evaluation.cli import EvalConfig
 from fairdarts.help_groups import GROUPS, group_of
 from fairdarts.search import cli as search_cli
@@ -99,7 +100,7 @@ TINY_TRAIN = ["--dataset", "synthetic", "--image_size", "8", "--subset", "16", "
 
 
 @pytest.mark.parametrize("command", ["search", "train"])
-def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, monkeypatch):
+def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, monkeypatch, capsys):
     seen: list[int] = []
     module, cls_name, args = ((search_cli, "Searcher", TINY_SEARCH) if command == "search"
                               else (train_cli, "Trainer", TINY_TRAIN))
@@ -121,3 +122,14 @@ def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, 
     assert seen == [want]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["threads"] == want
     assert f"intra-op CPU threads: {want} (--threads)" in (tmp_path / "run" / "log.txt").read_text()
+    if command == "train":  # evaluate.py and the summary on the checkpoint just written
+        capsys.readouterr()
+        try:
+            assert evaluate_main(["--model_path", str(tmp_path / "run" / "model_best.pt"), "--data", "unused",
+                                  "--dataset", "synthetic", "--subset", "8", "--threads", str(want)]) == 0
+            assert f"{want} CPU threads)" in capsys.readouterr().out
+            assert summary.main(["--arch", "FairDARTS_a", "--init_channels", "4", "--layers", "3",
+                                 "--threads", str(want)]) == 0
+            assert torch.get_num_threads() == want
+        finally:
+            torch.set_num_threads(before)

@@ -23,7 +23,7 @@ from fairdarts.evaluation.evaluator import EvalResult, LoadedModel, evaluate, lo
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
-from fairdarts.threads import set_threads
+from fairdarts.threads import HELP as THREADS_HELP, set_threads
 from fairdarts.train.config import DATASET_CHOICES
 
 PROG = "evaluate.py"
@@ -46,9 +46,7 @@ class EvalConfig:
     batch_size: int = field_help(256, "batch size", low=1, group="devices/speed")
     workers: int = field_help(4, "DataLoader workers (on-disk datasets)", low=0)
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = field_help(
-        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
-              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
+    threads: int | None = field_help(None, THREADS_HELP, low=1)
     amp: bool = field_help(False, "mixed precision on CUDA")
     amp_dtype: str = field_help("bf16", "autocast dtype of --amp", choices=("bf16", "fp16"))
     channels_last: bool = field_help(False, "channels-last memory format")

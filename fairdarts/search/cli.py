@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
     ckpt = None
     if cfg.resume:
         cfg, ckpt = resume_config(config_cls, cfg.resume, argv, RESUME_OVERRIDABLE, prog, description, "search")
-    cfg = dataclasses.replace(cfg, threads=set_threads(cfg.threads))  # recorded in config.yaml
+    threads = set_threads(cfg.threads)
+    if ckpt is None:  # a new run records the count; a resumed one keeps its config.yaml (and --threads typed)
+        cfg = dataclasses.replace(cfg, threads=threads)
     dist = init_distributed(cfg.device)
     try:
         data = build_data(cfg, dist)  # missing data fails here, before a run folder is created

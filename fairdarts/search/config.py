@@ -13,6 +13,7 @@ from fairdarts.errors import UserError
 from fairdarts.search.architect import HESSIAN_MODES
 from fairdarts.search.losses import SEP_LOSSES
 from fairdarts.search_space import GATES, METHODS, resolve_primitives
+from fairdarts.threads import HELP as THREADS_HELP
 
 DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "folder", "synthetic")
 
@@ -67,9 +68,7 @@ class SearchConfig:
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = field_help(
-        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
-              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
+    threads: int | None = field_help(None, THREADS_HELP, low=1)
     report_freq: int = field_help(50, "log every N steps", low=1)
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)

@@ -88,12 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     genotype = derive_genotype(normal, reduce, primitives, method, threshold)
     print(genotype.to_text())
-    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
-                               primitives, method, threshold)
-    if advice:
-        print(f"warning: {advice}", file=sys.stderr)
     if args.out:
         atomic_write_text(Path(args.out), genotype.to_json() + "\n")
+    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
+                               primitives, method, threshold)
+    if advice:  # after --out, so that a failed write stays the one line on stderr
+        print(f"warning: {advice}", file=sys.stderr)
     return 0
 
 

@@ -32,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = None
     if cfg.resume:
         cfg, ckpt = resume_config(TrainConfig, cfg.resume, argv, RESUME_OVERRIDABLE, PROG, DESCRIPTION, "training")
-    cfg = dataclasses.replace(cfg, threads=set_threads(cfg.threads))  # recorded in config.yaml
+    threads = set_threads(cfg.threads)
+    if ckpt is None:  # a new run records the count; a resumed one keeps its config.yaml (and --threads typed)
+        cfg = dataclasses.replace(cfg, threads=threads)
     genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
     dist = init_distributed(cfg.device)
     try:

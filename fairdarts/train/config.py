@@ -18,6 +18,7 @@ from typing import Any
 from fairdarts.config import field_help
 from fairdarts.errors import UserError
 from fairdarts.search_space import METHODS
+from fairdarts.threads import HELP as THREADS_HELP
 
 DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet", "folder", "synthetic")
 SCHEDULES = ("cosine", "exponential")
@@ -94,9 +95,7 @@ class TrainConfig:
     save: str | None = field_help(None, "run folder (default runs/train-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = field_help(
-        None, "intra-op CPU threads; 1 when other jobs share the cores (README: Threads) "
-              "(default: $OMP_NUM_THREADS, else the cores this process may use)", low=1)
+    threads: int | None = field_help(None, THREADS_HELP, low=1)
     report_freq: int = field_help(50, "log every N steps", low=1)
     eval_every: int = field_help(1, "test-set pass every N epochs and after the last one; model_best.pt is chosen "
                                     "among those (1: every epoch, the official behaviour)", low=1)

@@ -3,7 +3,8 @@
 Per epoch: drop path set to ``drop_path_prob * epoch / epochs`` (the official ramp), training
 steps over the (sharded) training set, evaluation on the test set (the official code reports
 it as "valid"; ``--eval_every N`` / ``--test_subset N`` make that pass rarer / smaller),
-TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved, ``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
+TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved,
+``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
 ``evaluate.py --model_path`` needs no other flag, and ``state_dict`` under the official key.
 
 Resume restarts at the epoch after the last checkpoint with the optimizer, GradScaler and RNG
