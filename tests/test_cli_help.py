@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,10 +25,19 @@ from fairdarts.threads import available_cores
 from fairdarts.train import cli as train_cli
 from fairdarts.train.config import TrainConfig
 
+collapse_study = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "collapse_study.py"))
+
 CONFIG_CLIS = {"train_search.py": SearchConfig, "darts/train_search.py": DartsSearchConfig,
                "train.py": TrainConfig, "evaluate.py": EvalConfig}
 PARSERS = {**{prog: (lambda c=cls, p=prog: build_parser(c, p, "test")) for prog, cls in CONFIG_CLIS.items()},
-           "summary": summary.build_parser, "derive": derive_cli.build_parser, "visualize": visualize.build_parser}
+           "summary": summary.build_parser, "derive": derive_cli.build_parser, "visualize": visualize.build_parser,
+           **{f"collapse_study {name}": (lambda n=name: _subparser(collapse_study["build_parser"](), n))
+              for name in ("run", "report")}}
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
 
 
 def flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
