@@ -44,3 +44,8 @@ def group_of(name: str, override: str | None = None) -> str:
 def help_sections(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
     """One argument group per section, created in :data:`GROUPS` order (argparse hides empty ones)."""
     return {title: parser.add_argument_group(title) for title in GROUPS}
+
+
+def add_flag(sections: dict[str, argparse._ArgumentGroup], flag: str, **kwargs) -> argparse.Action:
+    """``parser.add_argument(flag, **kwargs)`` in the section of the flag's name (plain argparse commands)."""
+    return sections[group_of(flag.lstrip("-"))].add_argument(flag, **kwargs)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from fairdarts import build_network, count_flops_params, get_genotype, registered_names
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import help_sections
+from fairdarts.help_groups import add_flag, group_of, help_sections
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
 
@@ -52,26 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(prog="python -m fairdarts.summary", description=__doc__,
                   allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = help_sections(p)
-    which = sections["network"].add_mutually_exclusive_group(required=True)
+    which = sections[group_of("arch")].add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", help="genotype name, JSON file, search run folder or Genotype(...) text "
                        "(this or --all is required)")
     which.add_argument("--all", action="store_true", help="every registered genotype")
-    sections["network"].add_argument("--init_channels", type=_positive, default=36,
-                                     help="channels of the first cell (default: 36)")
-    sections["network"].add_argument("--layers", type=_positive, default=20, help="number of cells (default: 20)")
-    sections["network"].add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenet"],
-                                     help="imagenet builds the ImageNet network, use --image_size 224 "
-                                          "(default: cifar10)")
-    sections["data"].add_argument("--num_classes", type=_positive, default=10,
-                                  help="classifier outputs (default: 10)")
-    sections["data"].add_argument("--image_size", type=_positive, default=32,
-                                  help="pixels of the square input image the FLOPs are counted for (default: 32)")
-    sections["data"].add_argument("--in_channels", type=_positive, default=3,
-                                  help="input image channels, 1 for (Fashion-)MNIST (default: 3)")
-    sections["devices/speed"].add_argument("--threads", type=_positive, default=None,
-                                           help=THREADS_HELP)
-    sections["outputs"].add_argument("--json", action="store_true",
-                                     help="print a JSON list of {name, flops, params, params_no_aux}")
+    add_flag(sections, "--init_channels", type=_positive, default=36, help="channels of the first cell (default: 36)")
+    add_flag(sections, "--layers", type=_positive, default=20, help="number of cells (default: 20)")
+    add_flag(sections, "--dataset", default="cifar10", choices=["cifar10", "imagenet"],
+             help="imagenet builds the ImageNet network, use --image_size 224 (default: cifar10)")
+    add_flag(sections, "--num_classes", type=_positive, default=10, help="classifier outputs (default: 10)")
+    add_flag(sections, "--image_size", type=_positive, default=32,
+             help="pixels of the square input image the FLOPs are counted for (default: 32)")
+    add_flag(sections, "--in_channels", type=_positive, default=3,
+             help="input image channels, 1 for (Fashion-)MNIST (default: 3)")
+    add_flag(sections, "--threads", type=_positive, default=None, help=THREADS_HELP)
+    add_flag(sections, "--json", action="store_true", help="print a JSON list of {name, flops, params, params_no_aux}")
     return p
 
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import help_sections
+from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 
 INSTALL_HINT = "install Graphviz to render it: `apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`"
@@ -86,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(prog="python -m fairdarts.visualize", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = help_sections(p)
-    sections["network"].add_argument("--arch", required=True,
-                                     help="genotype name, JSON file, search run folder or Genotype(...) text")
-    sections["outputs"].add_argument("--out", default="cells", help="output folder (default: ./cells)")
-    sections["outputs"].add_argument("--name", default=None, help="file name prefix (default: the arch name)")
+    add_flag(sections, "--arch", required=True,
+             help="genotype name, JSON file, search run folder or Genotype(...) text (required)")
+    add_flag(sections, "--out", default="cells", help="output folder (default: ./cells)")
+    add_flag(sections, "--name", default=None, help="file name prefix (default: the arch name)")
     return p
 
 

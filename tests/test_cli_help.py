@@ -59,16 +59,17 @@ def test_every_flag_is_explained_with_its_default_said_once(prog):
             assert "default" not in action.help, f"{prog} {name} is required but shows a default"
 
 
-@pytest.mark.parametrize("prog", CONFIG_CLIS)
-def test_config_flags_sit_in_their_sections_in_order(prog):
+@pytest.mark.parametrize("prog", [p for p in PARSERS if not p.startswith("collapse_study")])
+def test_flags_sit_in_their_sections_in_order(prog):
     parser = PARSERS[prog]()
-    fields = {f.name: f for f in dataclasses.fields(CONFIG_CLIS[prog])}
+    fields = {f.name: f for f in dataclasses.fields(CONFIG_CLIS[prog])} if prog in CONFIG_CLIS else {}
     for action in flags(parser):
-        if action.dest != "config":
-            assert section_of(parser, action) == group_of(action.dest, fields[action.dest].metadata.get("group"))
+        if action.option_strings and action.dest != "config":
+            override = fields[action.dest].metadata.get("group") if fields else None
+            assert section_of(parser, action) == group_of(action.dest, override), action.dest
     text = parser.format_help()
     positions = [text.index(f"\n{t}:\n") for t in GROUPS if f"\n{t}:\n" in text]
-    assert len(positions) >= 4 and positions == sorted(positions)
+    assert len(positions) >= 2 and positions == sorted(positions)
 
 
 def test_the_big_commands_use_every_main_section():

@@ -4,7 +4,7 @@ Every flag is a field of :class:`fairdarts.search.config.SearchConfig` (official
 ``--config FILE`` loads a YAML preset that flags override. ``--resume RUN`` reloads the run's
 saved ``config.yaml``; only flags that do not change what is computed (``--epochs`` to extend
 the run, ``--device``, ``--workers``, ``--report_freq``, ``--data``, ``--download``,
-``--progress``) may be given with it.
+``--progress``, ``--threads``) may be given with it.
 """
 from __future__ import annotations
 

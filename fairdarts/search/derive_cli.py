@@ -19,7 +19,7 @@ import numpy as np
 
 from fairdarts.config import load_config_file
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import help_sections
+from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.run_dir import atomic_write_text
 from fairdarts.search.artifacts import derive_genotype
 from fairdarts.search.config import SearchConfig
@@ -30,16 +30,14 @@ def build_parser() -> CLIParser:
     p = CLIParser(prog="fairdarts-derive", description=__doc__.split("\n\n")[0])
     sections = help_sections(p)
     p.add_argument("source", help="search run folder, or a normal_weight.npy file")
-    sections["data"].add_argument("--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")
-    arch = sections["architecture"]
-    arch.add_argument("--parse_method", choices=METHODS, default=None,
-                      help="derivation rule (default: the run's, else threshold_sparse)")
-    arch.add_argument("--op_threshold", type=float, default=None,
-                      help="gate threshold of the threshold_* rules (default: the run's, else 0.85)")
-    sections["network"].add_argument("--primitives", default=None,
-                                     help="op names of the columns: fairdarts, darts or a comma list "
-                                          "(default: the run's config)")
-    sections["outputs"].add_argument("--out", default=None, help="also write the genotype JSON here (default: none)")
+    add_flag(sections, "--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")
+    add_flag(sections, "--parse_method", choices=METHODS, default=None,
+             help="derivation rule (default: the run's, else threshold_sparse)")
+    add_flag(sections, "--op_threshold", type=float, default=None,
+             help="gate threshold of the threshold_* rules (default: the run's, else 0.85)")
+    add_flag(sections, "--primitives", default=None,
+             help="op names of the columns: fairdarts, darts or a comma list (default: the run's config)")
+    add_flag(sections, "--out", default=None, help="also write the genotype JSON here (default: none)")
     return p
 
 

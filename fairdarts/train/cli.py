@@ -5,7 +5,7 @@ Every flag is a field of :class:`fairdarts.train.config.TrainConfig` (official n
 under ``torchrun --nproc_per_node N`` each rank takes 1/N of it. ``--resume RUN`` reloads the
 run's saved ``config.yaml``; only flags that do not change what is computed (``--epochs`` to
 extend the run, ``--device``, ``--workers``, ``--report_freq``, ``--data``, ``--download``,
-``--progress``) may be given with it.
+``--progress``, ``--threads``) may be given with it.
 """
 from __future__ import annotations
 
