@@ -2,8 +2,9 @@
 
 A flag's section is, in order: the ``group`` of its :func:`fairdarts.config.field_help`
 (for the rare flag whose name means something else in one command), else :data:`FLAG_GROUPS`
-by flag name (the commands share their names: ``--data`` is a data flag everywhere), else
-``other``. A flag added without a section still shows, under ``other``.
+by flag name (the commands share their names: ``--data`` is a data flag everywhere; the table
+also places the flags of the S2 search space, ``--search_space``, ``--width_mult``,
+``--mobile_skip``...), else ``other``: a flag nobody placed still shows, under ``other``.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ FLAG_GROUPS: dict[str, str] = {
     **dict.fromkeys(("source", "reduce", "data", "dataset", "download", "train_portion", "subset", "test_subset",
                      "image_size", "cutout", "cutout_length", "auto_aug", "augment", "inputs", "num_classes",
                      "in_channels"), "data"),
-    **dict.fromkeys(("model_path", "arch", "all", "network", "init_channels", "layers", "primitives", "gate",
-                     "alpha_init", "auxiliary", "auxiliary_weight", "drop_path_prob"), "network"),
+    **dict.fromkeys(("model_path", "arch", "all", "network", "search_space", "init_channels", "layers",
+                     "width_mult", "primitives", "mobile_skip", "gate", "alpha_init", "auxiliary", "auxiliary_weight",
+                     "drop_path_prob", "dropout"), "network"),
     **dict.fromkeys(("epochs", "batch_size", "learning_rate", "learning_rate_min", "lr_schedule", "gamma",
-                     "momentum", "weight_decay", "label_smoothing", "grad_clip", "accum_steps", "seed",
-                     "max_steps_per_epoch", "skip_nonfinite"), "optimisation"),
+                     "warmup_epochs", "momentum", "weight_decay", "label_smoothing", "grad_clip", "accum_steps",
+                     "seed", "max_steps_per_epoch", "skip_nonfinite"), "optimisation"),
     **dict.fromkeys(("arch_learning_rate", "arch_weight_decay", "arch_beta1", "arch_beta2", "aux_loss_weight",
                      "sep_loss", "unrolled", "hessian", "single_level", "parse_method", "op_threshold"),
                     "architecture"),
