@@ -9,6 +9,7 @@ The public API for notebooks and other tools::
     cost = fairdarts.count_flops_params(net, (1, 3, 32, 32))
     supernet = fairdarts.build_supernet(gate="sigmoid", primitives="fairdarts")
     edges = fairdarts.derive(weights, fairdarts.FAIRDARTS_PRIMITIVES, "threshold_sparse", 0.85)
+    mobile = fairdarts.build_network("FairNAS_A", num_classes=1000)   # search space S2
 """
 from __future__ import annotations
 
@@ -19,24 +20,31 @@ from torch import nn
 from fairdarts.errors import UserError
 from fairdarts.flops import ModelCost, count_flops_params
 from fairdarts.search_space import (
-    DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Genotype, NetworkCIFAR, NetworkImageNet, Supernet, derive,
-    get_genotype, registered_names, resolve_primitives,
+    DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Genotype, MobileGenotype, MobileNetwork, NetworkCIFAR, NetworkImageNet,
+    Supernet, derive, get_genotype, registered_names, resolve_primitives,
 )
 
 __version__ = "0.1.0"
 
 
-def build_network(genotype: "Genotype | str", init_channels: int = 36, layers: int = 20,
+def build_network(genotype: "Genotype | MobileGenotype | str", init_channels: int = 36, layers: int = 20,
                   num_classes: int = 10, auxiliary: bool = False, dataset: str = "cifar10",
-                  in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+                  in_channels: int = 3, image_size: int | None = None, width_mult: float = 1.0,
+                  dropout: float = 0.2) -> nn.Module:
     """The derived network of a genotype (a Genotype, a name, a JSON file or the official text).
 
-    ``dataset="imagenet"`` builds the ImageNet network; anything else the CIFAR one.
+    ``dataset="imagenet"`` builds the ImageNet network; anything else the CIFAR one. A mobile
+    genotype (search space S2) builds its MobileNetV2-like network at ``width_mult`` with head
+    ``dropout``; the cell sizes, auxiliary head and dataset do not apply to it.
     """
     if init_channels < 1 or layers < 1 or num_classes < 1:
         raise UserError(f"network sizes must be positive, got init_channels={init_channels}, "
                         f"layers={layers}, num_classes={num_classes}")
     g = get_genotype(genotype)
+    if isinstance(g, MobileGenotype):
+        if width_mult <= 0:
+            raise UserError(f"width_mult must be positive, got {width_mult}")
+        return MobileNetwork(g, num_classes, in_channels, width_mult, dropout)
     if dataset == "imagenet":
         return NetworkImageNet(init_channels, num_classes, layers, auxiliary, g, in_channels, image_size or 224)
     return NetworkCIFAR(init_channels, num_classes, layers, auxiliary, g, in_channels,
@@ -53,6 +61,6 @@ def build_supernet(gate: str = "sigmoid", primitives: "str | Sequence[str]" = "f
 
 __all__ = [
     "build_network", "build_supernet", "count_flops_params", "derive", "get_genotype",
-    "registered_names", "Genotype", "ModelCost", "UserError", "DARTS_PRIMITIVES",
+    "registered_names", "Genotype", "MobileGenotype", "ModelCost", "UserError", "DARTS_PRIMITIVES",
     "FAIRDARTS_PRIMITIVES",
 ]

@@ -2,10 +2,12 @@
 
 * ``genotypes/epoch_XXX.json`` / ``.txt`` per epoch; ``genotype.json`` / ``genotype.txt`` final
   (JSON for :func:`fairdarts.get_genotype`, the official ``Genotype(...)`` text for humans);
-* ``normal_weight.npy`` / ``reduce_weight.npy``: the final gate values, 14 x n_ops (official files);
-* ``alpha_history.npz``: raw alphas and gate values per epoch;
-* ``plots/alpha_{normal,reduce}.png``: gate value of every op per edge over the epochs, the
-  nodes named as in the cell pictures (``c_{k-2}``, ``c_{k-1}``, 0-3).
+* ``<group>_weight.npy``: the final gate values of each gate group of the search space:
+  ``normal_weight.npy`` / ``reduce_weight.npy`` (cell, 14 x n_ops, the official files) or
+  ``mobile_weight.npy`` (mobile, 19 x n_ops);
+* ``alpha_history.npz``: raw alphas and gate values per epoch (``raw_<group>``, ``gated_<group>``);
+* ``plots/alpha_<group>.png``: gate value of every op per edge (cell; the nodes named as in the
+  cell pictures, ``c_{k-2}``, ``c_{k-1}``, 0-3) or per layer (mobile) over the epochs.
   Figures are built with :class:`matplotlib.figure.Figure` (no pyplot registry), so nothing
   survives the call: the official plots leaked ~275 MiB per figure per epoch.
 """
@@ -14,26 +16,18 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fairdarts.run_dir import atomic_write_bytes, atomic_write_text
-from fairdarts.search_space import Genotype, derive, derived_form, genotypes_with_edges
+from fairdarts.search_space import Genotype, MobileGenotype
 
 CELLS = ("normal", "reduce")
 
 
-def derive_genotype(normal: np.ndarray, reduce: np.ndarray, primitives: Sequence[str], method: str,
-                    op_threshold: float | None, steps: int = 4) -> Genotype:
-    """A genotype from the two gated weight matrices (may have empty Fair DARTS cells)."""
-    edges_n = derive(normal, primitives, method, op_threshold, steps)
-    edges_r = derive(reduce, primitives, method, op_threshold, steps)
-    return genotypes_with_edges(edges_n, edges_r, derived_form(method), steps)
-
-
-def write_genotype(run_dir: Path, genotype: Genotype, epoch: int | None = None) -> None:
+def write_genotype(run_dir: Path, genotype: Genotype | MobileGenotype, epoch: int | None = None) -> None:
     """Per-epoch files under ``genotypes/``; ``epoch=None`` writes the final top-level pair."""
     stem = run_dir / "genotype" if epoch is None else run_dir / "genotypes" / f"epoch_{epoch:03d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +35,9 @@ def write_genotype(run_dir: Path, genotype: Genotype, epoch: int | None = None) 
     atomic_write_text(stem.with_suffix(".txt"), genotype.to_text() + "\n")
 
 
-def write_gate_weights(run_dir: Path, normal: np.ndarray, reduce: np.ndarray) -> None:
-    for name, w in zip(CELLS, (normal, reduce)):
+def write_gate_weights(run_dir: Path, gates: Mapping[str, np.ndarray]) -> None:
+    """``<group>_weight.npy`` for each gate group (float32, like the official files)."""
+    for name, w in gates.items():
         buf = io.BytesIO()
         np.save(buf, np.asarray(w, dtype=np.float32))
         atomic_write_bytes(run_dir / f"{name}_weight.npy", buf.getvalue())
@@ -50,15 +45,22 @@ def write_gate_weights(run_dir: Path, normal: np.ndarray, reduce: np.ndarray) ->
 
 @dataclass
 class AlphaHistory:
-    """Alphas after every epoch: raw values and gate values, one [14, n_ops] array per cell."""
+    """Alphas after every epoch: raw values and gate values, one [rows, n_ops] array per gate
+    group (``normal`` and ``reduce`` for the cell space, ``mobile`` for S2)."""
 
+    groups: tuple[str, ...] = CELLS
     epochs: list[int] = field(default_factory=list)
-    raw: dict[str, list[np.ndarray]] = field(default_factory=lambda: {c: [] for c in CELLS})
-    gated: dict[str, list[np.ndarray]] = field(default_factory=lambda: {c: [] for c in CELLS})
+    raw: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    gated: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for store in (self.raw, self.gated):
+            for c in self.groups:
+                store.setdefault(c, [])
 
     def record(self, epoch: int, raw: Sequence[torch.Tensor], gated: Sequence[torch.Tensor]) -> None:
         self.epochs.append(epoch)
-        for c, r, g in zip(CELLS, raw, gated):
+        for c, r, g in zip(self.groups, raw, gated):
             self.raw[c].append(r.detach().double().cpu().numpy().copy())
             self.gated[c].append(g.detach().double().cpu().numpy().copy())
 
@@ -66,19 +68,19 @@ class AlphaHistory:
         """Tensors and ints only: loadable with ``weights_only=True``."""
         stack = lambda xs: torch.from_numpy(np.stack(xs)) if xs else torch.empty(0)  # noqa: E731
         return {"epochs": list(self.epochs),
-                "raw": {c: stack(self.raw[c]) for c in CELLS},
-                "gated": {c: stack(self.gated[c]) for c in CELLS}}
+                "raw": {c: stack(self.raw[c]) for c in self.groups},
+                "gated": {c: stack(self.gated[c]) for c in self.groups}}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "AlphaHistory":
-        h = cls(epochs=list(state["epochs"]))
-        for c in CELLS:
+        h = cls(groups=tuple(state["raw"]), epochs=list(state["epochs"]))
+        for c in h.groups:
             h.raw[c] = [t.numpy() for t in state["raw"][c]]
             h.gated[c] = [t.numpy() for t in state["gated"][c]]
         return h
 
     def save_npz(self, path: Path) -> None:
-        arrays = {f"{kind}_{c}": np.stack(getattr(self, kind)[c]) for kind in ("raw", "gated") for c in CELLS}
+        arrays = {f"{kind}_{c}": np.stack(getattr(self, kind)[c]) for kind in ("raw", "gated") for c in self.groups}
         buf = io.BytesIO()
         np.savez(buf, epochs=np.asarray(self.epochs), **arrays)
         atomic_write_bytes(path, buf.getvalue())
@@ -95,22 +97,24 @@ def edge_labels(steps: int = 4) -> list[str]:
     return [f"{node_name(j)} \u2192 {node_name(i + 2)}" for i in range(steps) for j in range(i + 2)]
 
 
-def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir: Path) -> list[Path]:
-    """One PNG per cell: a panel per edge, a line per op (gate value vs epoch), one legend."""
+def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir: Path,
+                       row_labels: Callable[[int], list[str]], title: Callable[[str], str]) -> list[Path]:
+    """One PNG per gate group: a panel per row (edge or layer, named by ``row_labels``), a line
+    per op (gate value vs epoch), one legend; ``title(group)`` heads each figure."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for cell in CELLS:
-        values = np.stack(history.gated[cell])  # [epochs, edges, ops]
+    for cell in history.groups:
+        values = np.stack(history.gated[cell])  # [epochs, rows, ops]
         n_edges = values.shape[1]
         cols = min(n_edges, 5)
         rows = -(-n_edges // cols)
         spare = rows * cols > n_edges  # an empty panel to hold the legend
         fig = Figure(figsize=(2.4 * cols + (0 if spare else 1.6), 1.9 * rows + 0.8), dpi=100, layout="constrained")
         axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-        for e, label in enumerate(edge_labels(_steps_for(n_edges))):
+        for e, label in enumerate(row_labels(n_edges)):
             for k, op in enumerate(primitives):
                 axes[e].plot(history.epochs, values[:, e, k], label=op, linewidth=1.2,
                              marker="o" if len(history.epochs) < 10 else None, markersize=3)
@@ -127,7 +131,7 @@ def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir
             fig.legend(handles, labels, loc="outside right center", fontsize=8, title="op", title_fontsize=9)
         fig.supxlabel("epoch", fontsize=9)
         fig.supylabel("gate value", fontsize=9)
-        fig.suptitle(f"{cell} cell: gate value of each op on each edge (source \u2192 node)", fontsize=10)
+        fig.suptitle(title(cell), fontsize=10)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         fig.clear()
@@ -135,11 +139,3 @@ def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
-
-
-def _steps_for(n_edges: int) -> int:
-    steps, total = 0, 0
-    while total < n_edges:
-        total += steps + 2
-        steps += 1
-    return steps

@@ -12,7 +12,8 @@ from fairdarts.config import field_help
 from fairdarts.errors import UserError
 from fairdarts.search.architect import HESSIAN_MODES
 from fairdarts.search.losses import SEP_LOSSES
-from fairdarts.search_space import GATES, METHODS, resolve_primitives
+from fairdarts.search.spaces import ALIASES, space_of
+from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primitives
 from fairdarts.threads import HELP as THREADS_HELP
 
 DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "folder", "synthetic")
@@ -36,9 +37,15 @@ class SearchConfig:
     cutout_length: int = field_help(16, "cutout length", low=1)
     workers: int = field_help(2, "DataLoader workers (only for on-disk datasets such as 'folder')", low=0)
     # ----- network ---------------------------------------------------------------------
-    init_channels: int = field_help(16, "channels of the first cell", low=1)
-    layers: int = field_help(8, "number of cells in the supernet", low=1)
-    primitives: str = field_help("fairdarts", "candidate ops: 'fairdarts' (7 ops), 'darts' (+ none) or a comma list")
+    search_space: str = field_help("cell", "cell (S1, the DARTS cell) or mobile (S2, MobileNetV2-like ImageNet "
+                                   "layers); aliases s1, s2", choices=tuple(ALIASES))
+    init_channels: int = field_help(16, "channels of the first cell (cell space)", low=1)
+    layers: int = field_help(8, "number of cells in the supernet (cell space)", low=1)
+    primitives: str = field_help("fairdarts", "candidate ops of the cell space: 'fairdarts' (7 ops), 'darts' "
+                                 "(+ none) or a comma list")
+    width_mult: float = field_help(1.0, "channel width multiplier of the mobile space", low=0.0, low_open=True)
+    mobile_skip: bool = field_help(False, "mobile space: add an identity choice 'skip' on the 13 residual layers "
+                                   "(a guess from ProxylessNAS, not from the paper)")
     gate: str = field_help("sigmoid", "sigmoid (Fair DARTS, independent gates) or softmax (DARTS)", choices=GATES)
     alpha_init: str = field_help("auto", "alpha init: zeros (sigmoid 0.5), randn (1e-3 N(0,1)); auto picks by gate",
                                  choices=("auto", "zeros", "randn"))
@@ -61,7 +68,9 @@ class SearchConfig:
     hessian: str = field_help("finite_difference", "second-order Hessian-vector product", choices=HESSIAN_MODES)
     single_level: bool = field_help(False, "step weights and alphas together on the training batch")
     # ----- derivation ------------------------------------------------------------------
-    parse_method: str = field_help("threshold_sparse", "how a genotype is derived from the gates", choices=METHODS)
+    parse_method: str | None = field_help(
+        None, "how a genotype is derived from the gates (default: threshold_sparse for cell, threshold for mobile)",
+        choices=METHODS + MOBILE_METHODS)
     op_threshold: float = field_help(0.85, "gate threshold of the threshold_* parse methods", low=0.0, high=1.0)
     # ----- run -------------------------------------------------------------------------
     seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0)
@@ -77,12 +86,24 @@ class SearchConfig:
 
     def validate(self) -> None:
         resolve_primitives(self.primitives)  # raises UserError with the known ops
+        space = space_of(self)
+        if self.method not in space.methods:
+            raise UserError(f"--parse_method {self.method} does not apply to the {space.name} space; "
+                            f"use one of {', '.join(space.methods)}")
+        if space.name == "mobile" and self.primitives != "fairdarts":
+            raise UserError("--primitives chooses the cell space's ops; the mobile space has its own "
+                            "(mb_k{3,5,7}_e{3,6}, and skip with --mobile_skip)")
         if self.unrolled and self.single_level:
             raise UserError("--unrolled and --single_level exclude each other: single level has no validation batch")
         if self.learning_rate_min > self.learning_rate:
             raise UserError(f"--learning_rate_min ({self.learning_rate_min}) exceeds --learning_rate ({self.learning_rate})")
         if self.dataset == "folder" and self.download:
             raise UserError("--download is not available for --dataset folder; point --data at an ImageFolder tree")
+
+    @property
+    def method(self) -> str:
+        """The parse method: the one given, else the search space's default."""
+        return self.parse_method or space_of(self).default_method
 
     @property
     def zero_one_weight(self) -> float:

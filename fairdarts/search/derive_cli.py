@@ -2,12 +2,14 @@
 
     python -m fairdarts.search.derive_cli RUN_DIR --parse_method threshold_edge --op_threshold 0.6
     fairdarts-derive path/to/normal_weight.npy --primitives fairdarts --out g.json
+    python -m fairdarts.search.derive_cli S2_RUN_DIR --parse_method argmax
 
-Reads the final gate values (``normal_weight.npy`` / ``reduce_weight.npy``); the run's
-``config.yaml`` supplies the primitives and the default method and threshold. Prints the
-official ``Genotype(...)`` text; ``--out`` also writes the JSON that ``get_genotype`` reads. A
-threshold rule that leaves a cell empty (no gate reached the threshold) is warned about on
-stderr, with the gate range found and the two remedies.
+Reads the final gate values (``normal_weight.npy`` / ``reduce_weight.npy``, or
+``mobile_weight.npy`` of a search in space S2); the run's ``config.yaml`` supplies the search
+space, the primitives and the default method and threshold. Prints the official
+``Genotype(...)`` text (a one-line layer list for S2); ``--out`` also writes the JSON that
+``get_genotype`` reads. A threshold rule that leaves a cell empty (no gate reached the
+threshold) is warned about on stderr, with the gate range found and the two remedies.
 """
 from __future__ import annotations
 
@@ -21,22 +23,25 @@ from fairdarts.config import load_config_file
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.run_dir import atomic_write_text
-from fairdarts.search.artifacts import derive_genotype
 from fairdarts.search.config import SearchConfig
-from fairdarts.search_space import METHODS, PRIMITIVE_SETS, empty_cell_advice, resolve_primitives
+from fairdarts.search.spaces import CellSpace, MobileSpace, load_gates, space_of
+from fairdarts.search_space import (
+    METHODS, MOBILE_METHODS, PRIMITIVE_SETS, empty_cell_advice, mobile_primitives, resolve_primitives,
+)
 
 
 def build_parser() -> CLIParser:
     p = CLIParser(prog="fairdarts-derive", description=__doc__.split("\n\n")[0])
     sections = help_sections(p)
-    p.add_argument("source", help="search run folder, or a normal_weight.npy file")
+    p.add_argument("source", help="search run folder, or a normal_weight.npy or mobile_weight.npy file")
     add_flag(sections, "--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")
-    add_flag(sections, "--parse_method", choices=METHODS, default=None,
-             help="derivation rule (default: the run's, else threshold_sparse)")
+    add_flag(sections, "--parse_method", choices=METHODS + MOBILE_METHODS, default=None,
+             help="derivation rule (default: the run's, else threshold_sparse for a cell search, "
+                  "threshold for a mobile one)")
     add_flag(sections, "--op_threshold", type=float, default=None,
-             help="gate threshold of the threshold_* rules (default: the run's, else 0.85)")
+             help="gate threshold of the threshold rules (default: the run's, else 0.85)")
     add_flag(sections, "--primitives", default=None,
-             help="op names of the columns: fairdarts, darts or a comma list (default: the run's config)")
+             help="op names of a cell search's columns: fairdarts, darts or a comma list (default: the run's config)")
     add_flag(sections, "--out", default=None, help="also write the genotype JSON here (default: none)")
     return p
 
@@ -65,26 +70,50 @@ def _default_primitives(n_ops: int) -> tuple[str, ...]:
     raise UserError(f"the weights have {n_ops} op columns; say which ops with --primitives a,b,c")
 
 
+def _mobile(source: Path, cfg: SearchConfig | None) -> list[np.ndarray] | None:
+    """The mobile gate matrix when ``source`` is an S2 run or its ``mobile_weight.npy``, else None."""
+    if source.is_dir():
+        return load_gates(source, space_of(cfg)) if cfg is not None and space_of(cfg).name == "mobile" else None
+    if source.name != "mobile_weight.npy":
+        return None
+    w = _load_weights(source)
+    if w.shape[1] not in (len(mobile_primitives(False)), len(mobile_primitives(True))):
+        raise UserError(f"{source} has {w.shape[1]} op columns; a mobile search has 6 (or 7 with skip)")
+    return [w]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = Path(args.source)
+    cfg = _run_config(source if source.is_dir() else source.parent)
+    threshold = args.op_threshold if args.op_threshold is not None else (cfg.op_threshold if cfg else 0.85)
+    mobile = _mobile(source, cfg)
+    if mobile is not None:
+        space = MobileSpace(skip=mobile[0].shape[1] == len(mobile_primitives(True)))
+        method = args.parse_method or (cfg.method if cfg else space.default_method)
+        if method not in space.methods:
+            raise UserError(f"--parse_method {method} does not apply to a mobile search; use argmax or threshold")
+        genotype = space.derive(mobile, method, threshold)
+        print(genotype.to_text())
+        if args.out:
+            atomic_write_text(Path(args.out), genotype.to_json() + "\n")
+        return 0
     normal_path = source / "normal_weight.npy" if source.is_dir() else source
     reduce_path = Path(args.reduce) if args.reduce else normal_path.parent / "reduce_weight.npy"
     normal, reduce = _load_weights(normal_path), _load_weights(reduce_path)
     if normal.shape != reduce.shape:
         raise UserError(f"normal weights {normal.shape} and reduce weights {reduce.shape} differ in shape")
 
-    cfg = _run_config(normal_path.parent)
     if args.primitives:
         primitives = resolve_primitives(args.primitives)
     elif cfg is not None:
         primitives = resolve_primitives(cfg.primitives)
     else:
         primitives = _default_primitives(normal.shape[1])
-    method = args.parse_method or (cfg.parse_method if cfg else "threshold_sparse")
-    threshold = args.op_threshold if args.op_threshold is not None else (cfg.op_threshold if cfg else 0.85)
-
-    genotype = derive_genotype(normal, reduce, primitives, method, threshold)
+    method = args.parse_method or (cfg.method if cfg else "threshold_sparse")
+    if method not in METHODS:
+        raise UserError(f"--parse_method {method} does not apply to a cell search; use one of {', '.join(METHODS)}")
+    genotype = CellSpace(primitives).derive([normal, reduce], method, threshold)
     print(genotype.to_text())
     if args.out:
         atomic_write_text(Path(args.out), genotype.to_json() + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.data import (
@@ -32,12 +32,11 @@ from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
 from fairdarts.search.architect import ArchObjective, Architect
-from fairdarts.search.artifacts import (
-    AlphaHistory, derive_genotype, plot_alpha_history, write_gate_weights, write_genotype,
-)
+from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
-from fairdarts.search_space import Genotype, Supernet, empty_cell_advice, resolve_primitives
+from fairdarts.search.spaces import gate_arrays, space_of
+from fairdarts.search_space import Genotype, MobileGenotype
 
 CHECKPOINT_FORMAT = "fairdarts-search/1"
 
@@ -90,13 +89,12 @@ def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
 
 
 # ----- model and optimizers -----------------------------------------------------------------
-def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int, device: torch.device) -> Supernet:
-    model = Supernet(cfg.init_channels, num_classes, cfg.layers, resolve_primitives(cfg.primitives),
-                     gate=cfg.gate, in_channels=in_channels, alpha_init=cfg.alpha_init)
-    return model.to(device)
+def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int, device: torch.device) -> nn.Module:
+    """The supernet of ``cfg.search_space`` (cell or mobile), on ``device``."""
+    return space_of(cfg).build_supernet(cfg, num_classes, in_channels).to(device)
 
 
-def build_step(cfg: SearchConfig, model: Supernet, dist: DistContext | None = None,
+def build_step(cfg: SearchConfig, model: nn.Module, dist: DistContext | None = None,
                guard: NonFiniteGuard | None = None) -> SearchStep:
     """The architect, the weight optimizer and the step that uses them, from a config."""
     reduce = _grad_reducer(dist)
@@ -129,16 +127,17 @@ class Searcher:
         self.cfg, self.run_dir, self.dist, self.log = cfg, run_dir, dist, logger
         seed_everything(cfg.seed)
         self.data = data if data is not None else build_data(cfg, dist)
-        self.primitives = resolve_primitives(cfg.primitives)
+        self.space = space_of(cfg)
+        self.primitives = self.space.primitives
         self.model = build_supernet(cfg, self.data.num_classes, self.data.in_channels, dist.device)
         self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.step = build_step(cfg, self.model, dist, self.guard)
-        self.history = AlphaHistory()
+        self.history = AlphaHistory(self.space.groups)
         self.start_epoch = 0
         self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
 
     # ----- checkpoint ----------------------------------------------------------------------
-    def state_dict(self, epochs_done: int, genotype: Genotype) -> dict[str, Any]:
+    def state_dict(self, epochs_done: int, genotype: Genotype | MobileGenotype) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": epochs_done,
@@ -172,7 +171,7 @@ class Searcher:
         self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
 
     # ----- loop ----------------------------------------------------------------------------
-    def run(self) -> Genotype:
+    def run(self) -> Genotype | MobileGenotype:
         cfg = self.cfg
         scheduler = make_scheduler(self.step.w_optimizer, cfg.learning_rate, cfg.learning_rate_min, cfg.epochs,
                                    self.start_epoch)
@@ -214,60 +213,43 @@ class Searcher:
         loss_sum, correct, n = sums.tolist()
         return (loss_sum / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
 
-    def current_genotype(self) -> Genotype:
-        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
-        return derive_genotype(normal, reduce, self.primitives, self.cfg.parse_method, self.cfg.op_threshold)
+    def current_genotype(self) -> Genotype | MobileGenotype:
+        return self.space.derive(gate_arrays(self.model), self.cfg.method, self.cfg.op_threshold)
 
     def end_of_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
-                     seconds: float) -> Genotype:
+                     seconds: float) -> Genotype | MobileGenotype:
         genotype = self.current_genotype()
         gated = self.model.gated_weights()
         self.history.record(epoch, self.model.arch_parameters(), gated)
-        skips = genotype.count_op("skip_connect", reduction=False)
         self.log.info("epoch %d train_acc %.2f train_loss %.4f valid_acc %.2f valid_loss %.4f arch_loss %.4f "
                       "zero_one %.3e (%.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc, valid_loss,
                       stats.arch_loss, stats.zero_one, seconds)
         self.log.info("epoch %d genotype %s", epoch, genotype.to_text())
         if self.dist.is_main:
-            self._write_epoch(epoch, lr, stats, valid_loss, valid_acc, genotype, gated, skips)
+            self._write_epoch(epoch, lr, stats, valid_loss, valid_acc, genotype, gated)
         return genotype
 
     def _write_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
-                     genotype: Genotype, gated: tuple[Tensor, Tensor], skips: int) -> None:
+                     genotype: Genotype | MobileGenotype, gated: tuple[Tensor, ...]) -> None:
         scalars = {"train/loss": stats.train_loss, "train/acc": stats.train_acc, "valid/loss": valid_loss,
                    "valid/acc": valid_acc, "arch/loss": stats.arch_loss, "arch/cross_entropy": stats.arch_ce,
-                   "arch/zero_one_loss": stats.zero_one, "lr": lr, "genotype/skip_connect_normal": skips,
-                   "genotype/edges_normal": len(genotype.normal), "genotype/edges_reduce": len(genotype.reduce)}
+                   "arch/zero_one_loss": stats.zero_one, "lr": lr, **self.space.scalars(genotype)}
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, epoch)
-        for cell, w in zip(("normal", "reduce"), gated):
-            self.writer.add_histogram(f"gates/{cell}", w.detach().cpu(), epoch)
+        for group, w in zip(self.space.groups, gated):
+            self.writer.add_histogram(f"gates/{group}", w.detach().cpu(), epoch)
         write_genotype(self.run_dir, genotype, epoch)
-        normal, reduce = (w.detach().cpu().numpy() for w in gated)
-        write_gate_weights(self.run_dir, normal, reduce)
+        write_gate_weights(self.run_dir, dict(zip(self.space.groups, gate_arrays(self.model))))
         self.history.save_npz(self.run_dir / "alpha_history.npz")
-        plot_alpha_history(self.history, self.primitives, self.run_dir / "plots")
+        plot_alpha_history(self.history, self.primitives, self.run_dir / "plots", self.space.row_labels,
+                           self.space.plot_title)
         save_checkpoint(self.state_dict(epoch + 1, genotype), self.run_dir / CHECKPOINT)
 
-    def finish(self, genotype: Genotype) -> None:
-        """The final genotype files and, when the cells have edges, their pictures."""
+    def finish(self, genotype: Genotype | MobileGenotype) -> None:
+        """The final genotype files and, for cells with edges, their pictures."""
         write_genotype(self.run_dir, genotype)
-        self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.parse_method, self.cfg.op_threshold,
+        self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.method, self.cfg.op_threshold,
                       genotype.to_text())
-        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
-        advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
-                                   self.primitives, self.cfg.parse_method, self.cfg.op_threshold)
-        if advice:
-            self.log.info("%s: `python -m fairdarts.search.derive_cli %s` with these flags re-derives it, "
-                          "`python train.py --arch %s` with them retrains it directly", advice, self.run_dir,
-                          self.run_dir)
-            return
-        try:
-            from fairdarts.visualize import render_genotype
-        except ImportError:
-            return
-        try:
-            render_genotype(genotype, self.run_dir / "plots", "genotype")
-        except UserError as exc:
-            self.log.info("cell pictures skipped: %s", exc)
+        self.space.finish(genotype, gate_arrays(self.model), self.run_dir, self.log, self.cfg.method,
+                          self.cfg.op_threshold)
 

@@ -11,7 +11,9 @@ Two published forms exist and both must keep working unchanged:
 
 Genotypes are read from and written to JSON and the official
 ``Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)`` text, which is
-parsed with :mod:`ast` (never ``eval``).
+parsed with :mod:`ast` (never ``eval``). JSON with ``"form": "mobile"`` is a genotype of search
+space S2 (:mod:`fairdarts.search_space.mobile_genotype`); the registry and :func:`get_genotype`
+hold and return both kinds.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from fairdarts.errors import UserError
+from fairdarts.search_space.mobile_genotype import MobileGenotype, mobile_genotype_from_dict
 from fairdarts.search_space.operations import OPS
 
 Form = Literal["darts", "fairdarts", "darts-reweight"]
@@ -197,9 +200,11 @@ def make_genotype(normal: Any, reduce: Any, normal_concat: Any = None, reduce_co
     return Genotype(n_edges, nc, r_edges, rc, form)  # type: ignore[arg-type]
 
 
-def genotype_from_dict(d: Any) -> Genotype:
+def genotype_from_dict(d: Any) -> "Genotype | MobileGenotype":
     if not isinstance(d, dict):
         raise UserError("genotype JSON must be an object with 'normal', 'normal_concat', 'reduce', 'reduce_concat'")
+    if d.get("form") == "mobile":
+        return mobile_genotype_from_dict(d)
     missing = [k for k in ("normal", "reduce") if k not in d]
     if missing:
         raise UserError(f"genotype JSON is missing keys: {', '.join(missing)}")
@@ -242,7 +247,7 @@ def parse_genotype_text(text: str) -> Genotype:
 
 # ----- the registry ---------------------------------------------------------------------
 @lru_cache(maxsize=1)
-def _registry() -> dict[str, Genotype]:
+def _registry() -> dict[str, "Genotype | MobileGenotype"]:
     text = resources.files("fairdarts.search_space").joinpath("genotypes.json").read_text()
     return {name: genotype_from_dict(entry) for name, entry in json.loads(text)["genotypes"].items()}
 
@@ -251,7 +256,7 @@ def registered_names() -> list[str]:
     return list(_registry())
 
 
-def _from_path(path: Path) -> Genotype:
+def _from_path(path: Path) -> "Genotype | MobileGenotype":
     if path.is_dir():
         for candidate in (path / "genotype.json", path / "genotype_final.json"):
             if candidate.is_file():
@@ -272,9 +277,9 @@ def _from_path(path: Path) -> Genotype:
     return genotype_from_dict(data)
 
 
-def get_genotype(spec: "str | Path | Genotype") -> Genotype:
+def get_genotype(spec: "str | Path | Genotype | MobileGenotype") -> "Genotype | MobileGenotype":
     """A registered name, a genotype JSON file, a search run folder or the official text."""
-    if isinstance(spec, Genotype):
+    if isinstance(spec, (Genotype, MobileGenotype)):
         return spec
     spec_str = str(spec).strip()
     registry = _registry()
