@@ -51,6 +51,8 @@ class DartsSearchConfig(SearchConfig):
     reweight: bool = field_help(False, "write the derived genotype in reweight form [op, from, weight]")
 
     def validate(self) -> None:
+        if self.search_space not in ("cell", "s1"):
+            raise UserError("the DARTS ablations run on the cell search space; use train_search.py for --search_space mobile")
         super().validate()
         if self.reweight and self.parse_method != "darts":
             raise UserError(f"--reweight needs --parse_method darts (two inputs per node), got {self.parse_method}")

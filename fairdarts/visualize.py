@@ -16,6 +16,7 @@ from pathlib import Path
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.search_space.genotypes import Genotype, get_genotype
+from fairdarts.search_space.mobile_genotype import MobileGenotype
 
 INSTALL_HINT = "install Graphviz to render it: `apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`"
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     genotype = get_genotype(args.arch)
+    if isinstance(genotype, MobileGenotype):
+        raise UserError(f"{args.arch} is a mobile genotype (a chain of layers, no cells to draw); "
+                        "`python -m fairdarts.summary --arch` sizes it, a search's plots/alpha_mobile.png shows its gates")
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():
         name = "genotype"

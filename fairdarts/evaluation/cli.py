@@ -90,8 +90,10 @@ def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
     meta = loaded.meta
     shape = (1, meta["in_channels"], meta["image_size"], meta["image_size"])
     cost = count_flops_params(loaded.model, shape)
-    print(f"model: {loaded.source} checkpoint, genotype form {loaded.genotype.form}, init_channels {meta['init_channels']}, "
-          f"layers {meta['layers']}, {meta['num_classes']} classes, auxiliary head {'yes' if meta['auxiliary'] else 'no'}")
+    sizes = (f"width_mult {meta['width_mult']}" if meta.get("mobile")
+             else f"init_channels {meta['init_channels']}, layers {meta['layers']}")
+    print(f"model: {loaded.source} checkpoint, genotype form {loaded.genotype.form}, {sizes}, "
+          f"{meta['num_classes']} classes, auxiliary head {'yes' if meta['auxiliary'] else 'no'}")
     print(f"FLOPs {cost.flops / 1e6:.1f}M  params {cost.params / 1e6:.3f}M "
           f"({cost.params_no_aux / 1e6:.3f}M without the auxiliary head)  input {list(shape)}")
     return shape

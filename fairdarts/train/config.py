@@ -3,6 +3,10 @@
 CIFAR (DARTS / Fair DARTS ``train.py``) and ImageNet (DARTS ``train_imagenet.py``) differ in
 ten settings. Those fields default to ``None`` here and :meth:`TrainConfig.resolved` fills them
 from :data:`DATASET_DEFAULTS` for the chosen ``--dataset``; a flag or a YAML value always wins.
+A mobile genotype (search space S2, e.g. ``--arch FairNAS_A``) selects the ``mobile`` family:
+ImageNet settings for MobileNetV2-like networks (SGD, global batch 256 with learning rate 0.1,
+to be scaled linearly with the batch; 5 warm-up epochs then cosine; label smoothing 0.1; weight
+decay 4e-5; head dropout 0.2; no auxiliary head, no drop path; 250 epochs).
 
 Unlike the official code, where ``--auxiliary`` and ``--cutout`` are off unless given, the
 published CIFAR setting is the default here: auxiliary head (weight 0.4) on, cutout 16 on
@@ -17,18 +21,22 @@ from typing import Any
 
 from fairdarts.config import field_help
 from fairdarts.errors import UserError
-from fairdarts.search_space import METHODS
+from fairdarts.search_space import METHODS, MOBILE_METHODS, MobileGenotype, get_genotype
 from fairdarts.threads import HELP as THREADS_HELP
 
 DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet", "folder", "synthetic")
 SCHEDULES = ("cosine", "exponential")
+FAMILIES = ("cifar", "imagenet", "mobile")
 
 #: Published settings per network family (``--network imagenet`` also picks them for a 'folder' tree).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar": dict(epochs=600, batch_size=96, learning_rate=0.025, weight_decay=3e-4, init_channels=36,
-                  layers=20, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine"),
+                  layers=20, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine", warmup_epochs=0),
     "imagenet": dict(epochs=250, batch_size=128, learning_rate=0.1, weight_decay=3e-5, init_channels=48,
-                     layers=14, drop_path_prob=0.0, label_smoothing=0.1, lr_schedule="exponential"),
+                     layers=14, drop_path_prob=0.0, label_smoothing=0.1, lr_schedule="exponential", warmup_epochs=0),
+    # Mobile networks have no cells: init_channels / layers stay unset (width: --width_mult).
+    "mobile": dict(epochs=250, batch_size=256, learning_rate=0.1, weight_decay=4e-5, drop_path_prob=0.0,
+                   label_smoothing=0.1, lr_schedule="cosine", warmup_epochs=5),
 }
 
 #: Flags that may change when a run is resumed: none of them alters what is computed.
@@ -46,8 +54,8 @@ class TrainConfig:
     subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=1)
     image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
     network: str | None = field_help(
-        None, "network family: cifar, or imagenet (stride-8 stem, ImageNet defaults); default: by --dataset",
-        choices=("cifar", "imagenet"))
+        None, "network family: cifar, imagenet (stride-8 stem, ImageNet defaults) or mobile (S2 genotypes); "
+              "default: mobile for a mobile genotype, else by --dataset", choices=FAMILIES)
     cutout: bool = field_help(True, "cutout on training images (in-memory datasets; the published CIFAR setting)")
     cutout_length: int = field_help(16, "cutout length", low=1)
     auto_aug: bool = field_help(False, "AutoAugment CIFAR-10 policy on training images")
@@ -59,7 +67,7 @@ class TrainConfig:
     arch: str = field_help("FairDARTS_a", "genotype: a name, a genotype JSON file, Genotype(...) text or a search run folder")
     parse_method: str | None = field_help(
         None, "with --arch RUN_FOLDER: re-derive the genotype from its gate weights with this method "
-              "(default: the run's genotype.json)", choices=METHODS)
+              "(default: the run's genotype.json)", choices=METHODS + MOBILE_METHODS)
     op_threshold: float = field_help(0.85, "gate threshold when --parse_method re-derives a threshold_* genotype",
                                      low=0.0, high=1.0)
     init_channels: int | None = field_help(None, "channels of the first cell (default 36 CIFAR, 48 ImageNet)", low=1)
@@ -67,16 +75,21 @@ class TrainConfig:
     auxiliary: bool = field_help(True, "auxiliary head at 2/3 depth (the published setting)")
     auxiliary_weight: float = field_help(0.4, "weight of the auxiliary loss", low=0.0)
     drop_path_prob: float | None = field_help(
-        None, "drop path probability, ramped linearly by epoch/epochs (default 0.2 CIFAR, 0 ImageNet)",
+        None, "drop path probability, ramped linearly by epoch/epochs (default 0.2 CIFAR, 0 ImageNet and mobile)",
         low=0.0, high=1.0, high_open=True)
+    width_mult: float = field_help(1.0, "channel width multiplier of a mobile network", low=0.0, low_open=True)
+    dropout: float = field_help(0.2, "dropout before the classifier of a mobile network", low=0.0, high=1.0,
+                                high_open=True)
     # ----- optimisation ----------------------------------------------------------------
     epochs: int | None = field_help(None, "training epochs (default 600 CIFAR, 250 ImageNet)", low=1)
     batch_size: int | None = field_help(None, "GLOBAL batch size, split over torchrun ranks (default 96 / 128)", low=1)
     learning_rate: float | None = field_help(None, "initial SGD learning rate (default 0.025 CIFAR, 0.1 ImageNet)", low=0.0)
     learning_rate_min: float = field_help(0.0, "final learning rate of the cosine schedule", low=0.0)
-    lr_schedule: str | None = field_help(None, "cosine, or exponential: lr * gamma per epoch (default cosine CIFAR, "
-                                         "exponential ImageNet)",
+    lr_schedule: str | None = field_help(None, "cosine, or exponential: lr * gamma per epoch (default cosine CIFAR "
+                                         "and mobile, exponential ImageNet)",
                                          choices=SCHEDULES)
+    warmup_epochs: int | None = field_help(None, "epochs of linear learning-rate warm-up before the schedule "
+                                           "(default 0, 5 for mobile)", low=0)
     gamma: float = field_help(0.97, "per-epoch decay of the exponential schedule", low=0.0, high=1.0, low_open=True)
     momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float | None = field_help(None, "SGD weight decay (default 3e-4 CIFAR, 3e-5 ImageNet)", low=0.0)
@@ -106,16 +119,25 @@ class TrainConfig:
 
     @property
     def family(self) -> str:
-        """``imagenet`` (stride-8 network, ImageNet defaults) or ``cifar``."""
+        """``mobile`` (a mobile genotype), ``imagenet`` (stride-8 network, ImageNet defaults) or ``cifar``."""
         if self.network is not None:
             return self.network
+        if isinstance(get_genotype(self.arch), MobileGenotype):
+            return "mobile"
         return "imagenet" if self.dataset == "imagenet" else "cifar"
 
     def resolved(self) -> "TrainConfig":
         """A copy whose dataset-dependent fields hold the published value when left unset."""
-        defaults = DATASET_DEFAULTS[self.family]
+        family = self.family
+        mobile = isinstance(get_genotype(self.arch), MobileGenotype)
+        if mobile != (family == "mobile"):
+            raise UserError(f"--network {family} does not fit --arch {self.arch}: "
+                            f"{'mobile genotypes build mobile networks' if mobile else 'mobile networks need a mobile genotype'}")
+        if mobile and (self.init_channels is not None or self.layers is not None):
+            raise UserError("--init_channels and --layers size cell networks; a mobile network is sized by --width_mult")
+        defaults = DATASET_DEFAULTS[family]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        return dataclasses.replace(self, network=self.family, **filled)
+        return dataclasses.replace(self, network=family, **filled)
 
     def validate(self) -> None:
         if self.dataset == "folder" and self.download:

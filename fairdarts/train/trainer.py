@@ -37,18 +37,17 @@ from fairdarts.guards import NonFiniteGuard
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
-from fairdarts.search.config import SearchConfig
-from fairdarts.search_space import Genotype, derive, derived_form, empty_cell_advice, genotypes_with_edges, get_genotype
-from fairdarts.search_space import resolve_primitives
+from fairdarts.search.spaces import CellSpace, load_gates, make_space
+from fairdarts.search_space import Genotype, MobileGenotype, empty_cell_advice, get_genotype, resolve_primitives
 from fairdarts.train.config import TrainConfig
-from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, network_meta
+from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, mobile_meta, network_meta
 from fairdarts.train.step import TrainStep, evaluate_sums
 
 BEST = "model_best.pt"
 
 
 # ----- genotype -----------------------------------------------------------------------------
-def resolve_arch(cfg: TrainConfig) -> Genotype:
+def resolve_arch(cfg: TrainConfig) -> Genotype | MobileGenotype:
     """``--arch`` through :func:`get_genotype`; with ``--parse_method`` a search run folder is
     re-derived from its final gate weights instead of using its ``genotype.json``."""
     folder = Path(cfg.arch)
@@ -57,13 +56,21 @@ def resolve_arch(cfg: TrainConfig) -> Genotype:
             raise UserError(f"--parse_method re-derives a search run folder; --arch {cfg.arch} is not a folder")
         genotype = get_genotype(cfg.arch)
         if folder.is_dir() and all((folder / f"{c}_weight.npy").is_file() for c in ("normal", "reduce")):
-            _refuse_empty(folder, genotype, _run_setting(folder, "parse_method", SearchConfig.parse_method),
-                          _run_setting(folder, "op_threshold", SearchConfig.op_threshold))
+            _refuse_empty(folder, genotype, _run_setting(folder, "parse_method", CellSpace.default_method),
+                          _run_setting(folder, "op_threshold", 0.85))
         return genotype
+    if _run_setting(folder, "search_space", "cell") in ("mobile", "s2"):
+        space = make_space("mobile", mobile_skip=bool(_run_setting(folder, "mobile_skip", False)))
+        if cfg.parse_method not in space.methods:
+            raise UserError(f"--parse_method {cfg.parse_method} does not apply to the mobile search {folder}; "
+                            f"use one of {', '.join(space.methods)}")
+        return space.derive(load_gates(folder, space), cfg.parse_method, cfg.op_threshold)
     weights = _gate_weights(folder)
-    primitives = _run_primitives(folder, weights[0].shape[1])
-    edges = [derive(w, primitives, cfg.parse_method, cfg.op_threshold) for w in weights]
-    genotype = genotypes_with_edges(edges[0], edges[1], derived_form(cfg.parse_method))
+    cell = CellSpace(_run_primitives(folder, weights[0].shape[1]))
+    if cfg.parse_method not in cell.methods:
+        raise UserError(f"--parse_method {cfg.parse_method} does not apply to the cell search {folder}; "
+                        f"use one of {', '.join(cell.methods)}")
+    genotype = cell.derive(weights, cfg.parse_method, cfg.op_threshold)
     _refuse_empty(folder, genotype, cfg.parse_method, cfg.op_threshold)
     return genotype
 
@@ -152,8 +159,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epo
     for group in optimizer.param_groups:
         group["lr"] = cfg.learning_rate
         group.pop("initial_lr", None)
-    if cfg.lr_schedule == "cosine":
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if cfg.warmup_epochs:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: warmup_factor(epoch, cfg))
+    elif cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
     else:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.gamma)
@@ -162,6 +172,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epo
         for _ in range(start_epoch):
             scheduler.step()
     return scheduler
+
+
+def warmup_factor(epoch: int, cfg: TrainConfig) -> float:
+    """Learning-rate factor of ``epoch`` with ``warmup_epochs`` of linear warm-up (``(e+1)/w``),
+    then the schedule over the remaining epochs (cosine to ``learning_rate_min``, or ``gamma``
+    per epoch)."""
+    w = cfg.warmup_epochs or 0
+    if epoch < w:
+        return (epoch + 1) / w
+    t = epoch - w
+    if cfg.lr_schedule == "exponential":
+        return cfg.gamma ** t
+    floor = cfg.learning_rate_min / cfg.learning_rate if cfg.learning_rate else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / max(cfg.epochs - w, 1)))
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, dist: DistContext) -> nn.Module:
@@ -182,14 +206,18 @@ def _wrap(model: nn.Module, cfg: TrainConfig, dist: DistContext) -> nn.Module:
 class Trainer:
     """Everything one run holds; :meth:`run` trains from the start or from a checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, genotype: Genotype, run_dir: Path, dist: DistContext,
+    def __init__(self, cfg: TrainConfig, genotype: Genotype | MobileGenotype, run_dir: Path, dist: DistContext,
                  logger: logging.Logger):
         self.cfg, self.genotype, self.run_dir, self.dist, self.log = cfg, genotype, run_dir, dist, logger
         seed_everything(cfg.seed)
         self.data = build_data(cfg, dist)
-        self.meta = network_meta(cfg.init_channels, cfg.layers, self.data.num_classes, self.data.in_channels,
-                                 self.data.image_size, cfg.auxiliary and cfg.auxiliary_weight > 0,
-                                 cfg.family == "imagenet")
+        if isinstance(genotype, MobileGenotype):
+            self.meta = mobile_meta(self.data.num_classes, self.data.in_channels, self.data.image_size,
+                                    cfg.width_mult, cfg.dropout)
+        else:
+            self.meta = network_meta(cfg.init_channels, cfg.layers, self.data.num_classes, self.data.in_channels,
+                                     self.data.image_size, cfg.auxiliary and cfg.auxiliary_weight > 0,
+                                     cfg.family == "imagenet")
         self.net = build_network_from_meta(self.genotype, self.meta).to(dist.device)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
