@@ -18,7 +18,7 @@ PUBLISHED = ["FairDARTS_a", "FairDARTS_b", "FairDARTS_c", "FairDARTS_d", "FairDA
 
 def test_registry_holds_every_shared_genotype(shared_dir: Path) -> None:
     shared = json.loads((shared_dir / "genotypes.json").read_text())["genotypes"]
-    assert set(shared) == set(registered_names())
+    assert set(shared) == {n for n in registered_names() if get_genotype(n).form != "mobile"}  # S2: test_mobile
     for name, entry in shared.items():
         g = get_genotype(name)
         assert g.form == entry["form"]
