@@ -40,7 +40,10 @@ DARTS_SECOND_ORDER = Kind("search-darts-second-order", "train_search.py",
                           (*TINY_SEARCH, "--gate", "softmax", "--primitives", "darts", "--unrolled"), "model")
 RETRAIN = Kind("train", "train.py", (*TINY_DATA, "--subset", str(8 * STEPS), "--init_channels", "4", "--layers", "3",
                                      "--arch", "FairDARTS_a", "--drop_path_prob", "0.2"), "state_dict")
-KINDS = (FAIR_DARTS, DARTS_SECOND_ORDER, RETRAIN)
+MOBILE_SEARCH = Kind("search-s2-mobile", "train_search.py",
+                     (*TINY_DATA, "--subset", str(2 * 8 * STEPS), "--search_space", "mobile", "--width_mult", "0.25",
+                      "--op_threshold", "0.5"), "model")
+KINDS = (FAIR_DARTS, DARTS_SECOND_ORDER, RETRAIN, MOBILE_SEARCH)
 
 #: The ``reference`` fixture: a kind's uninterrupted run folder and how long it took.
 ReferenceRuns = Callable[[Kind], tuple[Path, float]]
