@@ -281,3 +281,9 @@ def test_small_inputs_and_width() -> None:
         logits, aux = net(torch.randn(2, 1, size, size))
         assert logits.shape == (2, 10) and aux is None
     assert all(op in MOBILE_OPS for op in MB_OPS)
+
+
+def test_both_supernets_satisfy_the_search_protocol() -> None:
+    from fairdarts.search.spaces import SearchSupernet
+    assert isinstance(MobileSupernet(3, width_mult=0.25), SearchSupernet)
+    assert isinstance(fairdarts.build_supernet(init_channels=4, layers=3), SearchSupernet)

@@ -1,7 +1,7 @@
 """Data-parallel search under torchrun (2 CPU processes, gloo, loopback only).
 
 The 2-process run must end with the alphas of a 1-process run on the same global batches,
-and both ranks must hold identical alphas after every step.
+and both ranks must hold identical alphas after every step; in the cell space and in S2.
 
 Why the equality configuration is exact: the supernet's BatchNorm normalises with the
 statistics of the batch each process sees, so in general a shard's statistics differ from
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 2
 SHARD = 4          # images per rank and step
 WORLD = 2
-CONFIGS = [("duplicated", False), ("duplicated", True), ("distinct", False), ("distinct", True)]
+CONFIGS = [("duplicated", False, "cell"), ("duplicated", True, "cell"), ("distinct", False, "cell"),
+           ("distinct", True, "cell"), ("duplicated", False, "mobile"), ("distinct", True, "mobile")]
 
 
 # ----- worker -----------------------------------------------------------------------------
@@ -46,13 +47,14 @@ def _global_batch(g: torch.Generator, duplicated: bool, world: int) -> tuple[tor
     return x, y
 
 
-def _run(mode: str, unrolled: bool, dist_ctx) -> dict[str, object]:
+def _run(mode: str, unrolled: bool, space: str, dist_ctx) -> dict[str, object]:
     from fairdarts.distributed import all_reduce_sum_
     from fairdarts.reproducibility import seed_everything
     from fairdarts.search.config import SearchConfig
     from fairdarts.search.searcher import build_step, build_supernet
 
-    cfg = SearchConfig(init_channels=4, layers=3, batch_size=SHARD * WORLD, unrolled=unrolled, seed=3)
+    cfg = SearchConfig(init_channels=4, layers=3, batch_size=SHARD * WORLD, unrolled=unrolled, seed=3,
+                       search_space=space, width_mult=0.25)
     seed_everything(cfg.seed)
     model = build_supernet(cfg, 10, 3, dist_ctx.device)
     step = build_step(cfg, model, dist_ctx)
@@ -77,7 +79,8 @@ def worker(out: Path) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
-    results = {f"{mode}-{'2nd' if unrolled else '1st'}": _run(mode, unrolled, ctx) for mode, unrolled in CONFIGS}
+    results = {f"{mode}-{'2nd' if unrolled else '1st'}-{space}": _run(mode, unrolled, space, ctx)
+               for mode, unrolled, space in CONFIGS}
     if ctx.is_main:
         out.write_text(json.dumps({"world_size": ctx.world_size, "results": results}))
     cleanup_distributed()
@@ -121,7 +124,7 @@ def runs(tmp_path_factory) -> tuple[dict, dict]:
 def test_two_processes_match_one_process(runs):
     one, two = runs
     assert (one["world_size"], two["world_size"]) == (1, WORLD)
-    for name in ("duplicated-1st", "duplicated-2nd"):
+    for name in ("duplicated-1st-cell", "duplicated-2nd-cell", "duplicated-1st-mobile"):
         for a1, a2 in zip(one["results"][name]["alphas"], two["results"][name]["alphas"]):
             assert torch.allclose(torch.tensor(a1), torch.tensor(a2), atol=1e-5, rtol=0), name
         assert torch.tensor(one["results"][name]["alphas"][0]).abs().max() > 0  # the alphas did move

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.data import (
@@ -35,7 +35,7 @@ from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
-from fairdarts.search.spaces import gate_arrays, space_of
+from fairdarts.search.spaces import SearchSupernet, gate_arrays, space_of
 from fairdarts.search_space import Genotype, MobileGenotype
 
 CHECKPOINT_FORMAT = "fairdarts-search/1"
@@ -89,12 +89,12 @@ def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
 
 
 # ----- model and optimizers -----------------------------------------------------------------
-def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int, device: torch.device) -> nn.Module:
+def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int, device: torch.device) -> SearchSupernet:
     """The supernet of ``cfg.search_space`` (cell or mobile), on ``device``."""
     return space_of(cfg).build_supernet(cfg, num_classes, in_channels).to(device)
 
 
-def build_step(cfg: SearchConfig, model: nn.Module, dist: DistContext | None = None,
+def build_step(cfg: SearchConfig, model: SearchSupernet, dist: DistContext | None = None,
                guard: NonFiniteGuard | None = None) -> SearchStep:
     """The architect, the weight optimizer and the step that uses them, from a config."""
     reduce = _grad_reducer(dist)

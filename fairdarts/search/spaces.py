@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from fairdarts.errors import UserError
 from fairdarts.search.artifacts import edge_labels
@@ -26,6 +26,19 @@ from fairdarts.search_space import (
 )
 
 ALIASES: dict[str, str] = {"cell": "cell", "s1": "cell", "mobile": "mobile", "s2": "mobile"}
+
+
+@runtime_checkable
+class SearchSupernet(Protocol):
+    """What the search loop, both architects and the zero-one loss use of a supernet; the cell
+    :class:`~fairdarts.search_space.Supernet` and :class:`~fairdarts.search_space.MobileSupernet`
+    both have it."""
+
+    def arch_parameters(self) -> list[nn.Parameter]: ...
+    def weight_parameters(self) -> Iterator[nn.Parameter]: ...
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+    def gated_weights(self) -> tuple[Tensor, ...]: ...
+    def forward(self, x: Tensor) -> Tensor: ...
 
 
 class CellSpace:
@@ -39,7 +52,7 @@ class CellSpace:
     def __init__(self, primitives: Sequence[str]):
         self.primitives = tuple(primitives)
 
-    def build_supernet(self, cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
+    def build_supernet(self, cfg: Any, num_classes: int, in_channels: int) -> SearchSupernet:
         return Supernet(cfg.init_channels, num_classes, cfg.layers, self.primitives, gate=cfg.gate,
                         in_channels=in_channels, alpha_init=cfg.alpha_init)
 
@@ -95,7 +108,7 @@ class MobileSpace:
     def __init__(self, skip: bool = False):
         self.primitives = mobile_primitives(skip)
 
-    def build_supernet(self, cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
+    def build_supernet(self, cfg: Any, num_classes: int, in_channels: int) -> SearchSupernet:
         return MobileSupernet(num_classes, in_channels, gate=cfg.gate, width_mult=cfg.width_mult,
                               skip=cfg.mobile_skip, alpha_init=cfg.alpha_init)
 
@@ -153,6 +166,6 @@ def load_gates(folder: Path, space: SearchSpace) -> list[np.ndarray]:
     return gates
 
 
-def gate_arrays(model: nn.Module) -> list[np.ndarray]:
+def gate_arrays(model: SearchSupernet) -> list[np.ndarray]:
     """The supernet's gate values as numpy arrays, one per group."""
     return [w.detach().cpu().numpy() for w in model.gated_weights()]
