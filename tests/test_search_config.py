@@ -20,7 +20,8 @@ def test_fairdarts_preset_restates_the_dataclass_defaults():
     preset = load_config_file(SearchConfig, CONFIGS / "search_fairdarts_cifar10.yaml")
     default = SearchConfig()
     diff = {f.name for f in dataclasses.fields(SearchConfig) if getattr(preset, f.name) != getattr(default, f.name)}
-    assert diff == {"alpha_init"} and preset.alpha_init == "zeros"  # 'auto' resolves to zeros for sigmoid
+    assert diff == {"alpha_init", "parse_method"} and preset.alpha_init == "zeros"  # 'auto': zeros for sigmoid
+    assert preset.method == default.method == "threshold_sparse"  # the cell space's default parse method
 
 
 def test_darts_presets_carry_the_darts_defaults():
