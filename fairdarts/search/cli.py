@@ -1,6 +1,7 @@
 """``python train_search.py``: the Fair DARTS / DARTS search command line.
 
-Every flag is a field of :class:`fairdarts.search.config.SearchConfig` (official names);
+Every flag is a field of :class:`fairdarts.search.config.SearchConfig` (official names;
+``--search_space mobile`` searches S2 through the same loop, see :mod:`fairdarts.search.spaces`);
 ``--config FILE`` loads a YAML preset that flags override. ``--resume RUN`` reloads the run's
 saved ``config.yaml``; only flags that do not change what is computed (``--epochs`` to extend
 the run, ``--device``, ``--workers``, ``--report_freq``, ``--data``, ``--download``,
@@ -22,7 +23,8 @@ from fairdarts.search.searcher import Searcher, build_data
 from fairdarts.threads import set_threads
 
 PROG = "train_search.py"
-DESCRIPTION = "Fair DARTS (default) or DARTS (--gate softmax --primitives darts) architecture search"
+DESCRIPTION = ("Fair DARTS (default) or DARTS (--gate softmax --primitives darts) architecture search, in the "
+               "DARTS cell space or (--search_space mobile) the MobileNetV2-like ImageNet space S2")
 
 
 def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = SearchConfig,

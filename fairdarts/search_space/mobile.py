@@ -17,6 +17,9 @@ an extra choice on the residual layers that contributes nothing to the sum, so a
 keeps only ``skip`` is the identity (the network gets shorter). Its gate is 0 on the other
 layers. With sigmoid gates its alpha only feels the zero-one loss and weight decay, so it
 stays near 0.5: the bar the real ops of its layer must clear to beat it under ``argmax``.
+The alphas are one ``[19, n_ops]`` matrix; with ``skip`` the six entries of the layers without
+the residual are masked out of the gates (they stay 0 and still count, at sigmoid 0.5 and with
+no gradient, in the zero-one loss's mean over all entries).
 
 Memory: the supernet keeps every op's expanded activations for the backward pass, about
 six MobileNetV2s' worth. The ops use in-place ReLU6 and each layer sums its gated outputs in
