@@ -262,10 +262,13 @@ def test_fairnas_macs_and_params_match_the_published_counts(name: str) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_single_op_genotypes_match_the_layout_arithmetic(seed: int) -> None:
+def test_random_single_op_genotypes_match_the_layout_arithmetic(seed: int, tmp_path: Path) -> None:
+    from fairdarts.summary import summarize
     layers = [[name] for name in random.Random(seed).choices(MB_OPS, k=N_LAYERS)]
-    cost = count_flops_params(MobileNetwork(make_mobile_genotype(layers)), (1, 3, 224, 224))
-    assert (cost.flops, cost.params) == _layout_cost(layers)
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"form": "mobile", "layers": layers}))
+    row = summarize(str(path))  # what `python -m fairdarts.summary --arch g.json` prints: 224 px, 1000 classes
+    assert (row.flops, row.params, row.image_size) == (*_layout_cost(layers), 224)
 
 
 def test_summary_cli_counts_fairnas_a_at_224(capsys) -> None:
