@@ -81,9 +81,11 @@ class TrainConfig:
     dropout: float = field_help(0.2, "dropout before the classifier of a mobile network", low=0.0, high=1.0,
                                 high_open=True)
     # ----- optimisation ----------------------------------------------------------------
-    epochs: int | None = field_help(None, "training epochs (default 600 CIFAR, 250 ImageNet)", low=1)
-    batch_size: int | None = field_help(None, "GLOBAL batch size, split over torchrun ranks (default 96 / 128)", low=1)
-    learning_rate: float | None = field_help(None, "initial SGD learning rate (default 0.025 CIFAR, 0.1 ImageNet)", low=0.0)
+    epochs: int | None = field_help(None, "training epochs (default 600 CIFAR, 250 ImageNet and mobile)", low=1)
+    batch_size: int | None = field_help(
+        None, "GLOBAL batch size, split over torchrun ranks (default 96 / 128 / 256 mobile)", low=1)
+    learning_rate: float | None = field_help(
+        None, "initial SGD learning rate (default 0.025 CIFAR, 0.1 ImageNet and mobile)", low=0.0)
     learning_rate_min: float = field_help(0.0, "final learning rate of the cosine schedule", low=0.0)
     lr_schedule: str | None = field_help(None, "cosine, or exponential: lr * gamma per epoch (default cosine CIFAR "
                                          "and mobile, exponential ImageNet)",
@@ -92,8 +94,9 @@ class TrainConfig:
                                            "(default 0, 5 for mobile)", low=0)
     gamma: float = field_help(0.97, "per-epoch decay of the exponential schedule", low=0.0, high=1.0, low_open=True)
     momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
-    weight_decay: float | None = field_help(None, "SGD weight decay (default 3e-4 CIFAR, 3e-5 ImageNet)", low=0.0)
-    label_smoothing: float | None = field_help(None, "label smoothing (default 0 CIFAR, 0.1 ImageNet)",
+    weight_decay: float | None = field_help(
+        None, "SGD weight decay (default 3e-4 CIFAR, 3e-5 ImageNet, 4e-5 mobile)", low=0.0)
+    label_smoothing: float | None = field_help(None, "label smoothing (default 0 CIFAR, 0.1 ImageNet and mobile)",
                                                low=0.0, high=1.0, high_open=True)
     grad_clip: float = field_help(5.0, "gradient clipping (max norm); 0 turns it off", low=0.0)
     accum_steps: int = field_help(1, "split each batch into N micro-batches and accumulate their gradients", low=1)
@@ -131,8 +134,8 @@ class TrainConfig:
         family = self.family
         mobile = isinstance(get_genotype(self.arch), MobileGenotype)
         if mobile != (family == "mobile"):
-            raise UserError(f"--network {family} does not fit --arch {self.arch}: "
-                            f"{'mobile genotypes build mobile networks' if mobile else 'mobile networks need a mobile genotype'}")
+            why = "mobile genotypes build mobile networks" if mobile else "mobile networks need a mobile genotype"
+            raise UserError(f"--network {family} does not fit --arch {self.arch}: {why}")
         if mobile and (self.init_channels is not None or self.layers is not None):
             raise UserError("--init_channels and --layers size cell networks; a mobile network is sized by --width_mult")
         defaults = DATASET_DEFAULTS[family]
