@@ -4,27 +4,38 @@ DARTS' softmax makes the ops of an edge compete; skip connections win that compe
 unfairly and pile up in the derived normal cell (the collapse). Fair DARTS gates each op with
 its own sigmoid and pushes the gates to 0 or 1 with the zero-one loss. This script shows it:
 
-* ``run``: three searches with identical data, budget and seed, then ``report``;
-* ``report``: from finished run folders, per epoch the number of skip connections in the
-  derived normal cell, the stacked share of dominant ops (the paper's Figure 1), and the
-  distribution of the final Fair DARTS sigmoid values; PNG plots and a markdown table.
+* ``run``: the three searches side by side (one process and one thread each) with identical
+  data, sizes and seed, then ``report`` (and ``retrain`` with ``--retrain``);
+* ``report``: from finished run folders, ``summary.json`` and ``report.md`` with its plots;
+* ``retrain``: each run's derived genotype trained by ``train.py`` on the search's data, sizes,
+  seed and epochs; its test accuracy goes into ``summary.json`` and ``report.md``.
 
-Per-epoch cells are derived with the DARTS rule (2 strongest edges per node, strongest op)
-from each run's gate values, so that all three are counted the same way.
+Everything is computed from each run folder's ``alpha_history.npz`` (gate values per epoch),
+``config.yaml`` and ``log.txt``. Epochs are numbered from 1 (the npz ``epochs`` + 1). Per
+epoch, the normal cell is derived with the DARTS rule (2 strongest inputs per node, strongest
+op, ``none`` never chosen) for all three runs, so that skips are counted the same way.
 
-    python scripts/collapse_study.py run --dataset fashion_mnist --data /usr/share/datasets/fashion-mnist \
-        --subset 512 --epochs 6 --out reports/collapse
-    python scripts/collapse_study.py report --runs DARTS=runs/a "DARTS+noise=runs/b" FairDARTS=runs/c \
-        --out reports/collapse
+    python scripts/collapse_study.py run --dataset fashion_mnist --data /usr/share/datasets/fashion-mnist \\
+        --subset 4096 --image_size 16 --init_channels 8 --layers 5 --batch_size 32 --epochs 50 \\
+        --device cpu --retrain --out reports/collapse_long
+    python scripts/collapse_study.py report --runs DARTS=runs/a DARTS_noise=runs/b FairDARTS=runs/c \\
+        --out reports/collapse_long
+    python scripts/collapse_study.py retrain --out reports/collapse_long
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import math
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,196 +45,494 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fairdarts.errors import CLIParser, UserError, run_cli  # noqa: E402
-from fairdarts.search_space import derive, get_genotype, resolve_primitives  # noqa: E402
+from fairdarts.search.spaces import CellSpace  # noqa: E402
+from fairdarts.search_space import Genotype, derive, resolve_primitives  # noqa: E402
+from fairdarts.visualize import render_genotype  # noqa: E402
+
+POLAR_LOW, POLAR_HIGH = 0.1, 0.9     # a gate below / above these counts as polarised (0 or 1)
+GATE_PASSED = 0.85                   # Fair DARTS' default --op_threshold
+RULES = ("threshold_sparse", "darts")
+STUDY = "study.json"                 # what `run` knows and a run folder does not: hardware, command
+SEARCH_EPOCH = re.compile(r"^(\S+ \S+) epoch (\d+) train_acc .* \((\d+) steps, [0-9.]+ s\)$")
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
+TEST_TOP1 = re.compile(r"epoch (\d+) train_loss .* test_top1 ([0-9.]+) ")
 
 
+# ----- one finished search ----------------------------------------------------------------
 @dataclass
-class RunCurves:
-    """What the report needs from one finished search."""
+class Run:
+    """One finished search as the report sees it."""
 
     label: str
-    gate: str
+    folder: Path
+    config: dict
     primitives: tuple[str, ...]
-    epochs: np.ndarray          # [E]
+    epochs: np.ndarray          # [E], 0-based as in the npz
     gated_normal: np.ndarray    # [E, 14, n_ops]
-    final_genotype: str
+    gated_reduce: np.ndarray    # [E, 14, n_ops]
+    log: list[str]
 
-    def skip_counts(self) -> list[int]:
-        return [sum(op == "skip_connect" for op, _ in derive(w, self.primitives, "darts"))
-                for w in self.gated_normal]
+    @property
+    def gate(self) -> str:
+        return self.config.get("gate", "sigmoid")
 
-    def dominant_share(self) -> np.ndarray:
-        """[E, n_ops]: share of the 14 normal edges whose strongest op (none excluded) is each op."""
-        candidates = [k for k, p in enumerate(self.primitives) if p != "none"]
-        shares = np.zeros((len(self.epochs), len(self.primitives)))
-        for e, w in enumerate(self.gated_normal):
-            best = np.asarray(candidates)[np.argmax(w[:, candidates], axis=1)]
-            for k in best:
-                shares[e, k] += 1.0 / len(best)
-        return shares
+    def skips_per_epoch(self) -> list[int]:
+        return [sum(op == "skip_connect" for op, _ in derive(w, self.primitives, "darts")) for w in self.gated_normal]
+
+    def all_gates(self, e: int) -> np.ndarray:
+        """Every gate value of epoch index ``e``, both cells."""
+        return np.concatenate([self.gated_normal[e].ravel(), self.gated_reduce[e].ravel()])
+
+    def polarised_share_per_epoch(self) -> list[float]:
+        return [float(np.mean((g < POLAR_LOW) | (g > POLAR_HIGH)))
+                for g in (self.all_gates(e) for e in range(len(self.epochs)))]
+
+    def first_epoch_gate_above(self, threshold: float) -> int | None:
+        for e, number in enumerate(self.epochs):
+            if self.all_gates(e).max() > threshold:
+                return int(number) + 1
+        return None
+
+    def genotype(self, rule: str) -> Genotype:
+        """The final genotype under ``rule`` (threshold rules at the run's --op_threshold)."""
+        space = CellSpace(self.primitives)
+        return space.derive((self.gated_normal[-1], self.gated_reduce[-1]), rule,
+                            float(self.config.get("op_threshold", GATE_PASSED)))
+
+    def steps_per_epoch(self) -> tuple[list[int] | None, str]:
+        """Search steps (one architecture step each) of every epoch, and where they come from.
+
+        The search log states them (``(N steps, ...)``); for older logs they are computed from the
+        config as the search counts them: ``min(ceil(floor(train_portion * subset) / batch_size),
+        max_steps_per_epoch)`` (the weight half, last batch kept), possible only with ``--subset``."""
+        logged: dict[int, int] = {}
+        for line in self.log:
+            m = SEARCH_EPOCH.match(line)
+            if m:
+                logged[int(m.group(2))] = int(m.group(3))  # a resumed epoch: its last record counts
+        if all(int(e) in logged for e in self.epochs):
+            return [logged[int(e)] for e in self.epochs], "log.txt"
+        cfg = self.config
+        if cfg.get("subset") is None:
+            return None, "unknown: the log does not state the steps and the config has no --subset"
+        n = math.ceil(math.floor(cfg["train_portion"] * cfg["subset"]) / cfg["batch_size"])
+        if cfg.get("max_steps_per_epoch") is not None:
+            n = min(n, cfg["max_steps_per_epoch"])
+        return [n] * len(self.epochs), "config.yaml (ceil(floor(train_portion * subset) / batch_size))"
 
 
-def load_run(label: str, run_dir: Path) -> RunCurves:
-    history = run_dir / "alpha_history.npz"
-    config = run_dir / "config.yaml"
+
+def log_span(lines: list[str]) -> float | None:
+    """Seconds from the first to the last timestamp of a log (a resumed run includes the pause)."""
+    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in map(TIMESTAMP.match, lines) if m]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else None
+
+
+def load_run(label: str, folder: Path) -> Run:
+    history, config = folder / "alpha_history.npz", folder / "config.yaml"
     if not history.is_file() or not config.is_file():
-        raise UserError(f"{run_dir} is not a finished search run folder (needs alpha_history.npz and config.yaml)")
+        raise UserError(f"{folder} is not a finished search run folder (needs alpha_history.npz and config.yaml)")
     cfg = yaml.safe_load(config.read_text())
+    if cfg.get("search_space", "cell") != "cell":
+        raise UserError(f"{folder} searched the {cfg['search_space']} space; the collapse study needs cell searches")
     with np.load(history) as data:
-        epochs, gated = data["epochs"], data["gated_normal"]
-    final = run_dir / "genotype.json"
-    genotype = get_genotype(final).to_text() if final.is_file() else "(no final genotype)"
-    return RunCurves(label, cfg.get("gate", "sigmoid"), resolve_primitives(cfg.get("primitives", "fairdarts")),
-                     epochs, gated, genotype)
+        epochs, normal, reduce = data["epochs"], data["gated_normal"], data["gated_reduce"]
+    log = folder / "log.txt"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return Run(label, folder, cfg, resolve_primitives(cfg.get("primitives", "fairdarts")), epochs, normal, reduce, lines)
 
 
-def plot_report(runs: list[RunCurves], out: Path) -> list[Path]:
+def parse_run_specs(specs: list[str]) -> list[Run]:
+    runs = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label:
+            raise UserError(f"--runs takes LABEL=RUN_DIR entries, got {spec!r}")
+        runs.append(load_run(label, Path(path)))
+    return runs
+
+
+# ----- summary.json -------------------------------------------------------------------------
+def run_summary(run: Run) -> dict:
+    steps, source = run.steps_per_epoch()
+    s = {
+        "folder": str(run.folder),
+        "gate": run.gate,
+        "epochs": len(run.epochs),
+        "arch_steps": sum(steps) if steps is not None else None,
+        "arch_steps_per_epoch": steps,
+        "arch_steps_source": source,
+        "skips_per_epoch": run.skips_per_epoch(),
+        "genotypes": {rule: run.genotype(rule).to_dict() for rule in RULES},
+        "wall_seconds": log_span(run.log),
+    }
+    if run.gate == "sigmoid":
+        per_epoch = run.polarised_share_per_epoch()
+        s |= {"polarised_share": per_epoch[-1], "polarised_share_per_epoch": per_epoch,
+              "first_epoch_gate_above_0_85": run.first_epoch_gate_above(GATE_PASSED)}
+    return s
+
+
+def write_summary(runs: list[Run], out: Path) -> dict:
+    """``summary.json``; a retraining recorded by an earlier ``retrain`` is kept."""
+    path = out / "summary.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    summary = {
+        "epoch_numbering": "from 1 (alpha_history.npz 'epochs' + 1)",
+        "polarised": f"gate < {POLAR_LOW} or > {POLAR_HIGH}, all gates of both cells",
+        "runs": {r.label: run_summary(r) for r in runs},
+    }
+    for label, s in summary["runs"].items():
+        kept = old.get("runs", {}).get(label, {}).get("retrain")
+        if kept and kept.get("search_folder") == s["folder"]:
+            s["retrain"] = kept
+    if (out / STUDY).is_file():
+        summary["study"] = json.loads((out / STUDY).read_text())
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# ----- plots --------------------------------------------------------------------------------
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def plot_skips(runs: list[Run], out: Path) -> Path:
     from matplotlib.figure import Figure
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig: Figure, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        (out / name).write_bytes(buf.getvalue())
-        written.append(out / name)
-
-    fig = Figure(figsize=(5, 3.2), dpi=100)
+    fig = Figure(figsize=(5.5, 3.4), dpi=100)
     ax = fig.subplots()
     for r in runs:
-        ax.plot(r.epochs + 1, r.skip_counts(), marker="o", label=r.label)
+        ax.plot(r.epochs + 1, r.skips_per_epoch(), marker="o", markersize=3, label=r.label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("skip connections in normal cell")
+    ax.set_ylabel("skip connections (DARTS rule)")
     ax.set_ylim(-0.2, 8.2)
     ax.legend()
     ax.set_title("Skip connections in the derived normal cell")
     fig.tight_layout()
-    save(fig, "skip_connections.png")
+    return _save(fig, out / "skip_connections.png")
 
-    fig = Figure(figsize=(4 * len(runs), 3.2), dpi=100)
+
+def plot_gate_heatmaps(runs: list[Run], out: Path, bins: int = 20) -> Path:
+    """Epochs x gate-value bins, share of all gates (both cells) per bin: the paper's Figure 1
+    as one picture per run."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(runs), 3.6), dpi=100)
     axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    edges = np.linspace(0.0, 1.0, bins + 1)
     for ax, r in zip(axes, runs):
-        share = r.dominant_share()
-        keep = [k for k, p in enumerate(r.primitives) if p != "none"]
-        ax.stackplot(r.epochs + 1, share[:, keep].T, labels=[r.primitives[k] for k in keep])
-        ax.set_title(f"{r.label}: dominant op share", fontsize=9)
+        share = np.stack([np.histogram(r.all_gates(e), bins=edges)[0] / r.all_gates(e).size
+                          for e in range(len(r.epochs))])
+        im = ax.imshow(share.T, origin="lower", aspect="auto", cmap="viridis", vmin=0,
+                       extent=(r.epochs[0] + 0.5, r.epochs[-1] + 1.5, 0, 1))
+        ax.set_title(f"{r.label} ({r.gate})", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set_ylabel("gate value")
+        fig.colorbar(im, ax=ax, label="share of gates")
     fig.tight_layout()
-    save(fig, "dominant_ops.png")
-
-    sigmoid_runs = [r for r in runs if r.gate == "sigmoid"]
-    if sigmoid_runs:
-        fig = Figure(figsize=(5, 3.2), dpi=100)
-        ax = fig.subplots()
-        for r in sigmoid_runs:
-            ax.hist(r.gated_normal[-1].ravel(), bins=20, range=(0, 1), alpha=0.7, label=f"{r.label} normal")
-        ax.set_xlabel("sigmoid gate value (final epoch)")
-        ax.set_ylabel("count")
-        ax.legend()
-        ax.set_title("Final Fair DARTS gate values")
-        fig.tight_layout()
-        save(fig, "sigmoid_distribution.png")
-    return written
+    return _save(fig, out / "gate_heatmap.png")
 
 
-def markdown_table(runs: list[RunCurves]) -> str:
-    lines = ["| run | gate | epochs | skips (first -> last epoch) | final gates < 0.1 or > 0.9 | final genotype |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def snapshot_epochs(n: int, count: int = 5) -> list[int]:
+    """Up to ``count`` epoch indices spread from the first to the last."""
+    return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)}) if n > 1 else [0]
+
+
+def plot_gate_histograms(run: Run, out: Path) -> Path:
+    """Histograms of one run's gate values at a few epochs (the paper's Figure 1)."""
+    from matplotlib.figure import Figure
+
+    picks = snapshot_epochs(len(run.epochs))
+    fig = Figure(figsize=(2.6 * len(picks), 2.6), dpi=100)
+    axes = fig.subplots(1, len(picks), squeeze=False, sharey=True)[0]
+    for ax, e in zip(axes, picks):
+        ax.hist(run.all_gates(e), bins=20, range=(0, 1), color="tab:blue")
+        ax.set_title(f"epoch {int(run.epochs[e]) + 1}", fontsize=9)
+        ax.set_xlabel("gate value")
+    axes[0].set_ylabel("gates (both cells)")
+    fig.suptitle(f"{run.label}: {run.gate} gate values", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / f"gate_histograms_{run.label}.png")
+
+
+# ----- report.md ----------------------------------------------------------------------------
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no timestamps in log.txt"
+    return f"{seconds / 60:.1f} min"
+
+
+def budget_lines(runs: list[Run], summary: dict) -> list[str]:
+    keys = ("dataset", "subset", "train_portion", "image_size", "init_channels", "layers", "batch_size", "epochs",
+            "seed", "device", "threads", "max_steps_per_epoch")
+    lines = ["| run | " + " | ".join(keys) + " | arch steps | search wall time |",
+             "| --- " * (len(keys) + 3) + "|"]
     for r in runs:
-        skips = r.skip_counts()
-        last = r.gated_normal[-1]
-        polar = f"{np.mean((last < 0.1) | (last > 0.9)):.0%}" if r.gate == "sigmoid" else "n/a (softmax)"
-        lines.append(f"| {r.label} | {r.gate} | {len(r.epochs)} | {skips[0]} -> {skips[-1]} | {polar} | "
-                     f"`{r.final_genotype}` |")
-    return "\n".join(lines) + "\n"
+        s = summary["runs"][r.label]
+        lines.append(f"| {r.label} | " + " | ".join(str(r.config.get(k)) for k in keys)
+                     + f" | {s['arch_steps']} ({s['arch_steps_source']}) | {_duration(s['wall_seconds'])} |")
+    study = summary.get("study")
+    hardware = (f"Hardware: {study['hardware']}. Command: `{study['command']}`." if study
+                else f"Hardware: not recorded ({STUDY} is written by the `run` subcommand only).")
+    return lines + ["", hardware]
 
 
-def report(run_specs: list[str], out: Path, budget: str | None = None) -> Path:
-    runs = []
-    for spec in run_specs:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            raise UserError(f"--runs takes LABEL=RUN_DIR entries, got {spec!r}")
-        runs.append(load_run(label, Path(path)))
-    pictures = plot_report(runs, out)
-    table = markdown_table(runs)
-    head = ["# Collapse study", ""]
-    if budget:
-        head += [budget, ""]
-    body = head + [table, ""] + [f"![{p.stem}]({p.name})" for p in pictures]
-    (out / "report.md").write_text("\n".join(body) + "\n")
-    print(table)
-    return out / "report.md"
+def results_table(runs: list[Run], summary: dict) -> list[str]:
+    lines = ["| run | gate | epochs | arch steps | skips, first -> last epoch (max) | polarised share, final "
+             "| first epoch with a gate > 0.85 | retrained test top-1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        s = summary["runs"][r.label]
+        skips = s["skips_per_epoch"]
+        polar = f"{s['polarised_share']:.1%}" if "polarised_share" in s else "n/a (softmax)"
+        first = ("never" if s.get("first_epoch_gate_above_0_85") is None else s["first_epoch_gate_above_0_85"]) \
+            if r.gate == "sigmoid" else "n/a (softmax)"
+        retrain = s.get("retrain")
+        acc = f"{retrain['test_top1']:.2f}% ({retrain['rule']} rule)" if retrain else "not retrained"
+        lines.append(f"| {r.label} | {r.gate} | {s['epochs']} | {s['arch_steps']} | {skips[0]} -> {skips[-1]} "
+                     f"({max(skips)}) | {polar} | {first} | {acc} |")
+    return lines
+
+
+def per_epoch_table(runs: list[Run], summary: dict) -> list[str]:
+    n = max(len(r.epochs) for r in runs)
+    cols = []
+    for r in runs:
+        cols.append((f"{r.label} skips", summary["runs"][r.label]["skips_per_epoch"]))
+        if "polarised_share_per_epoch" in summary["runs"][r.label]:
+            cols.append((f"{r.label} polarised", [f"{v:.1%}" for v in summary["runs"][r.label]["polarised_share_per_epoch"]]))
+    lines = ["| epoch | " + " | ".join(c[0] for c in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
+    for e in range(n):
+        lines.append(f"| {e + 1} | " + " | ".join(str(c[1][e]) if e < len(c[1]) else "" for c in cols) + " |")
+    return lines
+
+
+def cell_section(runs: list[Run], out: Path) -> list[str]:
+    lines = []
+    cells = out / "cells"
+    has_dot = shutil.which("dot") is not None
+    for r in runs:
+        lines.append(f"### {r.label}")
+        lines.append("")
+        for rule in RULES:
+            g = r.genotype(rule)
+            lines.append(f"* {rule}: `{g.to_text()}`")
+        if not has_dot:
+            lines.append("")
+            lines.append("Graphviz `dot` was not found when this report was made: the cells are drawn only as "
+                         f"`.dot` sources under `cells/`.")
+        for rule in RULES:
+            g = r.genotype(rule)
+            if not g.normal and not g.reduce:
+                lines.append(f"\n{rule}: both cells are empty, nothing to draw.")
+                continue
+            for p in render_genotype(g, cells, f"{r.label}_{rule}"):
+                if p.suffix == ".png":
+                    lines.append(f"\n![{p.stem}](cells/{p.name})")
+        lines.append("")
+    return lines
+
+
+def report(runs: list[Run], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = write_summary(runs, out)
+    skips = plot_skips(runs, out)
+    heat = plot_gate_heatmaps(runs, out)
+    hists = [plot_gate_histograms(r, out) for r in runs]
+    body = ["# Collapse study", "",
+            "Generated by `scripts/collapse_study.py` from the run folders; every number is in "
+            "`summary.json` and recomputable from each run's `alpha_history.npz`. Epochs count from 1. "
+            "Skips: skip connections in the normal cell derived by the DARTS rule from that epoch's gates. "
+            f"Polarised: share of all gates of both cells below {POLAR_LOW} or above {POLAR_HIGH}.", "",
+            "## Results", "", *results_table(runs, summary), "",
+            "## Budget", "", *budget_lines(runs, summary), "",
+            "## Skip connections per epoch", "", f"![skip connections]({skips.name})", "",
+            "## Gate values per epoch (Figure 1 of the Fair DARTS paper)", "", f"![gate heat map]({heat.name})", "",
+            *[f"![{p.stem}]({p.name})" for p in hists], "",
+            "## Per epoch", "", *per_epoch_table(runs, summary), "",
+            "## Final cells and derived genotypes", "", *cell_section(runs, out)]
+    path = out / "report.md"
+    path.write_text("\n".join(body) + "\n")
+    print("\n".join(results_table(runs, summary)))
+    return path
+
+
+# ----- retrain --------------------------------------------------------------------------------
+def retrain_rule(run: Run) -> tuple[str, str]:
+    """The rule whose genotype is retrained, and why: Fair DARTS' threshold_sparse for sigmoid
+    runs and the DARTS rule for softmax runs; the DARTS rule when the threshold left a cell empty."""
+    if run.gate != "sigmoid":
+        return "darts", "softmax gates: the DARTS rule"
+    g = run.genotype("threshold_sparse")
+    if g.normal and g.reduce:
+        return "threshold_sparse", "sigmoid gates: Fair DARTS' threshold_sparse rule"
+    return "darts", (f"threshold_sparse at {run.config.get('op_threshold', GATE_PASSED)} left "
+                     f"{'both cells' if not g.normal and not g.reduce else 'a cell'} empty: the DARTS rule")
+
+
+def retrain_command(run: Run, genotype_file: Path, save: Path) -> list[str]:
+    """``train.py`` on the search's data, sizes, seed and epochs (the search's whole ``--subset``:
+    both halves; the full test set)."""
+    cfg = run.config
+    cmd = [sys.executable, "train.py", "--dataset", cfg["dataset"], "--data", str(cfg["data"]), "--arch",
+           str(genotype_file), "--epochs", str(cfg["epochs"]), "--batch_size", str(cfg["batch_size"]),
+           "--init_channels", str(cfg["init_channels"]), "--layers", str(cfg["layers"]), "--seed", str(cfg["seed"]),
+           "--device", str(cfg["device"]), "--threads", "1", "--save", str(save), "--no-progress"]
+    for key in ("subset", "image_size", "max_steps_per_epoch"):
+        if cfg.get(key) is not None:
+            cmd += [f"--{key}", str(cfg[key])]
+    return cmd
+
+
+def final_test_top1(log: Path) -> float:
+    hits = [float(m.group(2)) for m in map(TEST_TOP1.search, log.read_text().splitlines()) if m]
+    if not hits:
+        raise UserError(f"{log} has no test accuracy; did the retraining finish?")
+    return hits[-1]
+
+
+def retrain(runs: list[Run], out: Path) -> None:
+    """Retrain every run's derived genotype, in parallel (one thread each), into ``out/retrain``."""
+    jobs = []
+    for r in runs:
+        rule, why = retrain_rule(r)
+        genotype_file = out / "retrain" / f"{r.label}_{rule}.json"
+        genotype_file.parent.mkdir(parents=True, exist_ok=True)
+        genotype_file.write_text(r.genotype(rule).to_json())
+        save = out / "retrain" / r.label
+        if save.exists():
+            raise UserError(f"{save} exists: move it away (or delete it) to retrain {r.label} again")
+        cmd = retrain_command(r, genotype_file.resolve(), save.resolve())
+        print(f"== retrain {r.label}: {' '.join(cmd[1:])}", flush=True)
+        jobs.append((r, rule, why, save, subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                                          stdout=subprocess.DEVNULL)))
+    failed = [r.label for r, *_, p in jobs if p.wait() != 0]
+    if failed:
+        raise UserError(f"retraining failed for {', '.join(failed)}; see {out / 'retrain'}/<label>/log.txt")
+    path = out / "summary.json"
+    summary = json.loads(path.read_text())
+    for r, rule, why, save, _ in jobs:
+        log = save / "log.txt"
+        summary["runs"][r.label]["retrain"] = {
+            "search_folder": str(r.folder), "rule": rule, "why": why, "genotype": r.genotype(rule).to_dict(),
+            "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "folder": str(save),
+            "wall_seconds": log_span(log.read_text().splitlines())}
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def study_runs(out: Path) -> list[Run]:
+    """The runs of a study folder, from the LABEL=RUN_DIR list that ``run``/``report`` kept."""
+    path = out / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `report` (or `run`) with --out {out} first")
+    return [load_run(label, Path(s["folder"])) for label, s in json.loads(path.read_text())["runs"].items()]
+
+
+# ----- run ----------------------------------------------------------------------------------
+PLANS = {
+    "DARTS": ["darts/train_search.py"],
+    "DARTS_noise": ["darts/train_search.py", "--noise_darts", "--noise_type", "N"],
+    "FairDARTS": ["train_search.py", "--aux_loss_weight", "10"],
+}
+
+
+def hardware(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    text = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    if device != "cpu" and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def search_command(label: str, args: argparse.Namespace, save: Path) -> list[str]:
+    cmd = [sys.executable, *PLANS[label], "--dataset", args.dataset, "--data", args.data, "--epochs", str(args.epochs),
+           "--seed", str(args.seed), "--init_channels", str(args.init_channels), "--layers", str(args.layers),
+           "--batch_size", str(args.batch_size), "--device", args.device, "--threads", "1", "--no-progress"]
+    for key in ("subset", "image_size", "max_steps_per_epoch"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key}", str(getattr(args, key))]
+    # A finished run is kept, a killed one resumed from its checkpoint, a new one started.
+    return cmd + (["--resume", str(save)] if (save / "checkpoint.pt").is_file() else ["--save", str(save)])
 
 
 def run_all(args: argparse.Namespace) -> Path:
-    """Three searches with the same data, budget and seed; then the report."""
-    common = ["--dataset", args.dataset, "--data", args.data, "--epochs", str(args.epochs),
-              "--seed", str(args.seed), "--init_channels", str(args.init_channels), "--layers", str(args.layers),
-              "--batch_size", str(args.batch_size), "--device", args.device]
-    if args.subset:
-        common += ["--subset", str(args.subset)]
-    if args.image_size:
-        common += ["--image_size", str(args.image_size)]
-    # One intra-op thread per search: on a small shared CPU two threads thrash (many times slower).
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    """The three searches in parallel processes (one thread each), then the report."""
     runs_dir = args.out / "runs"
-    plans = {
-        "DARTS": ["darts/train_search.py"],
-        "DARTS+noise": ["darts/train_search.py", "--noise_darts", "--noise_type", "N",
-                        "--max_step", str(max(1, args.epochs // 2))],
-        "FairDARTS": ["train_search.py", "--aux_loss_weight", "10", "--parse_method", "threshold_sparse"],
-    }
-    specs = []
-    for label, cmd in plans.items():
-        save = runs_dir / label.replace("+", "_")
-        if not (save / "genotype.json").is_file():
-            flags = ["--resume", str(save)] if (save / "checkpoint.pt").is_file() else ["--save", str(save)]
-            print(f"== {label}: {' '.join(cmd + common)}", flush=True)
-            result = subprocess.run([sys.executable, *cmd, *common, *flags, "--no-progress"], cwd=REPO, env=env)
-            if result.returncode != 0:
-                raise UserError(f"the {label} search failed (exit {result.returncode}); see {save}/log.txt")
-        specs.append(f"{label}={save}")
-    budget = (f"Budget (identical for the three searches): {args.dataset}, "
-              f"{args.subset or 'all'} training images (half for the weights, half for the alphas), "
-              f"{args.image_size or 'native'} px, {args.epochs} epochs, batch {args.batch_size}, "
-              f"{args.init_channels} channels, {args.layers} layers, seed {args.seed}, device {args.device}, "
-              f"{args.threads} thread(s) per search. Made by `python scripts/collapse_study.py "
-              f"{' '.join(sys.argv[1:])}`.")
-    return report(specs, args.out, budget)
+    procs = []
+    for label in PLANS:
+        save = (runs_dir / label).resolve()
+        if (save / "genotype.json").is_file():
+            print(f"== {label}: finished run in {save}, kept", flush=True)
+            continue
+        cmd = search_command(label, args, save)
+        print(f"== {label}: {' '.join(cmd[1:])}", flush=True)
+        save.parent.mkdir(parents=True, exist_ok=True)
+        procs.append((label, save, subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                                    stdout=subprocess.DEVNULL)))
+    failed = [f"{label} (exit {p.returncode}, see {save}/log.txt)" for label, save, p in procs if p.wait() != 0]
+    if failed:
+        raise UserError(f"search failed: {'; '.join(failed)}; run the same command again to resume")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python scripts/collapse_study.py", *(sys.argv[1:] if args.argv is None else args.argv)])
+    (args.out / STUDY).write_text(json.dumps({"hardware": hardware(args.device), "command": command}, indent=1) + "\n")
+    runs = [load_run(label, runs_dir / label) for label in PLANS]
+    path = report(runs, args.out)
+    if args.retrain:
+        retrain(runs, args.out)
+        path = report(runs, args.out)
+    return path
 
 
+# ----- CLI ----------------------------------------------------------------------------------
 def build_parser() -> CLIParser:
     p = CLIParser(prog="python scripts/collapse_study.py", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="plots and table from finished run folders")
+    rep = sub.add_parser("report", help="summary.json, plots and report.md from finished run folders")
     rep.add_argument("--runs", nargs="+", required=True, help="LABEL=RUN_DIR entries")
-    rep.add_argument("--out", type=Path, default=Path("reports/collapse"),
-                     help="folder of the plots and table (default: reports/collapse)")
-    run = sub.add_parser("run", help="run the three searches, then report")
-    run.add_argument("--dataset", default="cifar10", help="dataset of the three searches (default: cifar10)")
-    run.add_argument("--data", default="data", help="dataset root (default: data)")
+    rep.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
+                     help="folder of summary.json, the plots and report.md (default: reports/collapse_long)")
+    ret = sub.add_parser("retrain", help="retrain the derived genotypes of a reported study, then report again")
+    ret.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
+                     help="the study folder: its summary.json names the runs (default: reports/collapse_long)")
+    run = sub.add_parser("run", help="run the three searches in parallel, then report")
+    run.add_argument("--dataset", default="fashion_mnist", help="dataset of the three searches (default: fashion_mnist)")
+    run.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
+                     help="dataset root (default: /usr/share/datasets/fashion-mnist)")
     run.add_argument("--subset", type=int, default=None, help="first N training images only (default: all)")
     run.add_argument("--epochs", type=int, default=50, help="search epochs of each search (default: 50)")
     run.add_argument("--seed", type=int, default=2, help="random seed shared by the three searches (default: 2)")
     run.add_argument("--init_channels", type=int, default=16, help="channels of the first cell (default: 16)")
     run.add_argument("--layers", type=int, default=8, help="cells of the supernet (default: 8)")
     run.add_argument("--batch_size", type=int, default=64, help="batch size of every search (default: 64)")
-    run.add_argument("--image_size", type=int, default=None, help="resize the images (e.g. 16 for a fast CPU run)")
-    run.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each search (default: 1)")
+    run.add_argument("--image_size", type=int, default=None, help="resize the images (e.g. 16 for a CPU run)")
+    run.add_argument("--max_steps_per_epoch", type=int, default=None,
+                     help="cap the search steps of every epoch (smoke runs; default: no cap)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--out", type=Path, default=Path("reports/collapse"),
-                     help="folder of the run folders, plots and table (default: reports/collapse)")
+    run.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
+                     help="retrain the derived genotypes afterwards (default: off)")
+    run.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
+                     help="folder of the run folders, summary, plots and report (default: reports/collapse_long)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = report(args.runs, args.out) if args.command == "report" else run_all(args)
+    args.argv = argv
+    if args.command == "report":
+        path = report(parse_run_specs(args.runs), args.out)
+    elif args.command == "retrain":
+        runs = study_runs(args.out)
+        retrain(runs, args.out)
+        path = report(runs, args.out)
+    else:
+        path = run_all(args)
     print(f"report written to {path}")
     return 0
 

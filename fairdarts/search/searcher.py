@@ -222,8 +222,8 @@ class Searcher:
         gated = self.model.gated_weights()
         self.history.record(epoch, self.model.arch_parameters(), gated)
         self.log.info("epoch %d train_acc %.2f train_loss %.4f valid_acc %.2f valid_loss %.4f arch_loss %.4f "
-                      "zero_one %.3e (%.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc, valid_loss,
-                      stats.arch_loss, stats.zero_one, seconds)
+                      "zero_one %.3e (%d steps, %.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc, valid_loss,
+                      stats.arch_loss, stats.zero_one, stats.steps, seconds)
         self.log.info("epoch %d genotype %s", epoch, genotype.to_text())
         if self.dist.is_main:
             self._write_epoch(epoch, lr, stats, valid_loss, valid_acc, genotype, gated)
