@@ -153,10 +153,10 @@ def parse_run_specs(specs: list[str]) -> list[Run]:
 
 
 # ----- summary.json -------------------------------------------------------------------------
-def run_summary(run: Run) -> dict:
+def run_summary(run: Run, out: Path) -> dict:
     steps, source = run.steps_per_epoch()
     s = {
-        "folder": str(run.folder),
+        "folder": os.path.relpath(run.folder, out),
         "gate": run.gate,
         "epochs": len(run.epochs),
         "arch_steps": sum(steps) if steps is not None else None,
@@ -180,7 +180,7 @@ def write_summary(runs: list[Run], out: Path) -> dict:
     summary = {
         "epoch_numbering": "from 1 (alpha_history.npz 'epochs' + 1)",
         "polarised": f"gate < {POLAR_LOW} or > {POLAR_HIGH}, all gates of both cells",
-        "runs": {r.label: run_summary(r) for r in runs},
+        "runs": {r.label: run_summary(r, out) for r in runs},
     }
     for label, s in summary["runs"].items():
         kept = old.get("runs", {}).get(label, {}).get("retrain")
@@ -417,9 +417,11 @@ def retrain(runs: list[Run], out: Path) -> None:
     summary = json.loads(path.read_text())
     for r, rule, why, save, _ in jobs:
         log = save / "log.txt"
+        kept = r.folder / "retrain_log.txt"     # the small copy next to the search's artefacts
+        shutil.copyfile(log, kept)
         summary["runs"][r.label]["retrain"] = {
-            "search_folder": str(r.folder), "rule": rule, "why": why, "genotype": r.genotype(rule).to_dict(),
-            "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "folder": str(save),
+            "search_folder": os.path.relpath(r.folder, out), "rule": rule, "why": why, "genotype": r.genotype(rule).to_dict(),
+            "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "log": os.path.relpath(kept, out),
             "wall_seconds": log_span(log.read_text().splitlines())}
     path.write_text(json.dumps(summary, indent=1) + "\n")
 
@@ -429,7 +431,7 @@ def study_runs(out: Path) -> list[Run]:
     path = out / "summary.json"
     if not path.is_file():
         raise UserError(f"{path} not found: run `report` (or `run`) with --out {out} first")
-    return [load_run(label, Path(s["folder"])) for label, s in json.loads(path.read_text())["runs"].items()]
+    return [load_run(label, out / s["folder"]) for label, s in json.loads(path.read_text())["runs"].items()]
 
 
 # ----- run ----------------------------------------------------------------------------------
@@ -461,6 +463,18 @@ def search_command(label: str, args: argparse.Namespace, save: Path) -> list[str
     return cmd + (["--resume", str(save)] if (save / "checkpoint.pt").is_file() else ["--save", str(save)])
 
 
+SMALL_ARTEFACTS = ("alpha_history.npz", "config.yaml", "log.txt", "genotype.json")
+
+
+def keep_small_artefacts(run_dir: Path, dest: Path) -> Path:
+    """Copy the files the report reads (kilobytes, fit for git) out of a run folder, whose
+    checkpoint and TensorBoard events stay under ``runs/`` (git-ignored)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_ARTEFACTS:
+        shutil.copyfile(run_dir / name, dest / name)
+    return dest
+
+
 def run_all(args: argparse.Namespace) -> Path:
     """The three searches in parallel processes (one thread each), then the report."""
     runs_dir = args.out / "runs"
@@ -481,7 +495,7 @@ def run_all(args: argparse.Namespace) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python scripts/collapse_study.py", *(sys.argv[1:] if args.argv is None else args.argv)])
     (args.out / STUDY).write_text(json.dumps({"hardware": hardware(args.device), "command": command}, indent=1) + "\n")
-    runs = [load_run(label, runs_dir / label) for label in PLANS]
+    runs = [load_run(label, keep_small_artefacts(runs_dir / label, args.out / label)) for label in PLANS]
     path = report(runs, args.out)
     if args.retrain:
         retrain(runs, args.out)

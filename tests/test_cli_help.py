@@ -32,7 +32,7 @@ CONFIG_CLIS = {"train_search.py": SearchConfig, "darts/train_search.py": DartsSe
 PARSERS = {**{prog: (lambda c=cls, p=prog: build_parser(c, p, "test")) for prog, cls in CONFIG_CLIS.items()},
            "summary": summary.build_parser, "derive": derive_cli.build_parser, "visualize": visualize.build_parser,
            **{f"collapse_study {name}": (lambda n=name: _subparser(collapse_study["build_parser"](), n))
-              for name in ("run", "report")}}
+              for name in ("run", "report", "retrain")}}
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -1,0 +1,166 @@
+"""The collapse study's summary.json against an independent recomputation from each run's
+alpha_history.npz, on fabricated run folders (fast) and on three tiny real searches plus their
+retraining (slow)."""
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fairdarts.errors import UserError
+from fairdarts.search_space import resolve_primitives
+
+REPO = Path(__file__).resolve().parents[1]
+study = runpy.run_path(str(REPO / "scripts" / "collapse_study.py"))
+
+
+# ----- independent recomputation (numpy only, not the script's code) --------------------------
+def darts_rule_skips(w: np.ndarray, primitives: tuple[str, ...]) -> int:
+    """Skips of a normal cell by the DARTS rule: per node the 2 inputs whose strongest non-none op
+    is largest, strongest non-none op on each."""
+    ops = [k for k, p in enumerate(primitives) if p != "none"]
+    skips, start = 0, 0
+    for node in range(4):
+        rows = w[start:start + node + 2][:, ops]
+        for r in np.argsort(-rows.max(axis=1))[:2]:
+            skips += primitives[ops[int(np.argmax(rows[r]))]] == "skip_connect"
+        start += node + 2
+    return skips
+
+
+def recompute(run: Path, summary: dict) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    primitives = resolve_primitives(cfg["primitives"])
+    h = np.load(run / "alpha_history.npz")
+    normal, reduce = h["gated_normal"], h["gated_reduce"]
+    assert summary["epochs"] == len(h["epochs"])
+    assert summary["skips_per_epoch"] == [darts_rule_skips(w, primitives) for w in normal]
+    if cfg["gate"] == "sigmoid":
+        gates = np.concatenate([normal.reshape(len(normal), -1), reduce.reshape(len(reduce), -1)], axis=1)
+        share = ((gates < 0.1) | (gates > 0.9)).mean(axis=1)
+        assert summary["polarised_share_per_epoch"] == pytest.approx(list(share))
+        assert summary["polarised_share"] == pytest.approx(share[-1])
+        above = np.flatnonzero(gates.max(axis=1) > 0.85)
+        assert summary["first_epoch_gate_above_0_85"] == (int(h["epochs"][above[0]]) + 1 if len(above) else None)
+    else:
+        assert "polarised_share" not in summary
+
+
+# ----- fabricated run folders -------------------------------------------------------------------
+def fake_run(folder: Path, gate: str, epochs: int, seed: int, log: bool = True) -> Path:
+    """A run folder with gates drifting to 0/1 (sigmoid) or random softmax rows, as a search writes it."""
+    rng = np.random.default_rng(seed)
+    n_ops = 7 if gate == "sigmoid" else 8
+    raw = rng.normal(size=(epochs, 2, 14, n_ops)) * np.linspace(0.1, 6, epochs)[:, None, None, None]
+    gated = 1 / (1 + np.exp(-raw)) if gate == "sigmoid" else np.exp(raw) / np.exp(raw).sum(-1, keepdims=True)
+    folder.mkdir(parents=True)
+    np.savez(folder / "alpha_history.npz", epochs=np.arange(epochs), raw_normal=raw[:, 0], raw_reduce=raw[:, 1],
+             gated_normal=gated[:, 0], gated_reduce=gated[:, 1])
+    cfg = {"dataset": "synthetic", "data": "data", "subset": 100, "train_portion": 0.5, "image_size": 8,
+           "init_channels": 4, "layers": 3, "batch_size": 8, "epochs": epochs, "seed": 2, "device": "cpu",
+           "threads": 1, "max_steps_per_epoch": None, "search_space": "cell", "op_threshold": 0.85,
+           "primitives": "fairdarts" if gate == "sigmoid" else "darts", "gate": gate}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if log:
+        (folder / "log.txt").write_text("".join(
+            f"2026-12-02 06:{e:02d}:00 epoch {e} train_acc 10.00 train_loss 2.3 valid_acc 10.00 valid_loss 2.3 "
+            f"arch_loss 2.3 zero_one 1.0e-03 ({5 + e} steps, 1.0 s)\n" for e in range(epochs)))
+    return folder
+
+
+@pytest.fixture
+def fake_study(tmp_path):
+    runs = {"DARTS": fake_run(tmp_path / "a", "softmax", 6, 0),
+            "FairDARTS": fake_run(tmp_path / "b", "sigmoid", 6, 1, log=False)}
+    out = tmp_path / "study"
+    assert study["main"](["report", "--runs", *(f"{k}={v}" for k, v in runs.items()), "--out", str(out)]) == 0
+    return runs, out
+
+
+def test_summary_recomputes_from_the_npz(fake_study):
+    runs, out = fake_study
+    summary = json.loads((out / "summary.json").read_text())["runs"]
+    for label, folder in runs.items():
+        recompute(folder, summary[label])
+    # The gates grow to +-6 logits: polarisation and a gate past 0.85 do happen here.
+    assert summary["FairDARTS"]["polarised_share"] > 0.5
+    assert summary["FairDARTS"]["first_epoch_gate_above_0_85"] is not None
+
+
+def test_arch_steps_from_the_log_or_from_the_config(fake_study):
+    runs, out = fake_study
+    summary = json.loads((out / "summary.json").read_text())["runs"]
+    assert summary["DARTS"]["arch_steps_per_epoch"] == [5, 6, 7, 8, 9, 10]
+    assert summary["DARTS"]["arch_steps_source"] == "log.txt"
+    assert summary["DARTS"]["wall_seconds"] == 5 * 60
+    # No log: the weight half of --subset 100 is 50 images, ceil(50 / 8) = 7 steps per epoch.
+    assert summary["FairDARTS"]["arch_steps"] == 6 * 7
+    assert summary["FairDARTS"]["arch_steps_source"].startswith("config.yaml")
+    assert summary["FairDARTS"]["wall_seconds"] is None
+
+
+def test_report_is_made_from_the_data(fake_study):
+    runs, out = fake_study
+    text = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())["runs"]
+    for name in ("skip_connections.png", "gate_heatmap.png", "gate_histograms_FairDARTS.png"):
+        assert (out / name).stat().st_size > 0 and f"({name})" in text
+    assert f"{summary['FairDARTS']['polarised_share']:.1%}" in text
+    for rule in ("threshold_sparse", "darts"):
+        assert f"* {rule}: `Genotype(" in text
+    assert "Hardware: not recorded" in text and "not retrained" in text
+
+
+def test_report_rejects_what_is_not_a_run_folder(tmp_path):
+    with pytest.raises(UserError, match="not a finished search run folder"):
+        study["main"](["report", "--runs", f"X={tmp_path}", "--out", str(tmp_path / "o")])
+    with pytest.raises(UserError, match="LABEL=RUN_DIR"):
+        study["main"](["report", "--runs", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_snapshot_epochs_span_first_to_last():
+    assert study["snapshot_epochs"](50) == [0, 12, 24, 37, 49]
+    assert study["snapshot_epochs"](2) == [0, 1]
+    assert study["snapshot_epochs"](1) == [0]
+
+
+# ----- three tiny real searches and their retraining -------------------------------------------
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_run_searches_reports_and_retrains(tmp_path):
+    out = tmp_path / "study"
+    argv = ["run", "--dataset", "synthetic", "--subset", "32", "--image_size", "8", "--init_channels", "4",
+            "--layers", "3", "--batch_size", "8", "--epochs", "2", "--max_steps_per_epoch", "2", "--device", "cpu",
+            "--retrain", "--out", str(out)]
+    assert study["main"](argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"DARTS", "DARTS_noise", "FairDARTS"}
+    for label, s in summary["runs"].items():
+        small = out / label
+        assert sorted(p.name for p in small.iterdir()) == ["alpha_history.npz", "config.yaml", "genotype.json",
+                                                           "log.txt", "retrain_log.txt"]
+        recompute(small, s)
+        cfg = yaml.safe_load((small / "config.yaml").read_text())
+        assert s["arch_steps"] == 2 * min(math.ceil(16 / 8), 2) and s["arch_steps_source"] == "log.txt"
+        assert (cfg["epochs"], cfg["subset"], cfg["seed"], cfg["image_size"]) == (2, 32, 2, 8)
+        assert cfg["gate"] == ("sigmoid" if label == "FairDARTS" else "softmax")
+        assert 0.0 <= s["retrain"]["test_top1"] <= 100.0 and s["retrain"]["epochs"] == 2
+        assert f"test_top1 {s['retrain']['test_top1']:.2f}" in (small / "retrain_log.txt").read_text()
+    assert yaml.safe_load((out / "DARTS_noise" / "config.yaml").read_text())["noise_darts"] is True
+    assert yaml.safe_load((out / "FairDARTS" / "config.yaml").read_text())["aux_loss_weight"] == 10
+    assert "CPU cores" in summary["study"]["hardware"] and "--epochs 2" in summary["study"]["command"]
+    assert "retrained test top-1" in (out / "report.md").read_text()
+
+    # A search killed after its last checkpoint resumes with the same command; the others are
+    # kept, and so is the retraining of the unchanged study.
+    (out / "runs" / "DARTS" / "genotype.json").unlink()
+    assert study["main"]([a for a in argv if a != "--retrain"]) == 0
+    assert (out / "runs" / "DARTS" / "genotype.json").is_file()
+    again = json.loads((out / "summary.json").read_text())
+    assert again["runs"]["DARTS"]["retrain"] == summary["runs"]["DARTS"]["retrain"]
+    assert "resumed from" in (out / "DARTS" / "log.txt").read_text()
