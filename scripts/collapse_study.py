@@ -10,6 +10,10 @@ its own sigmoid and pushes the gates to 0 or 1 with the zero-one loss. This scri
 * ``retrain``: each run's derived genotype trained by ``train.py`` on the search's data, sizes,
   seed and epochs; its test accuracy goes into ``summary.json`` and ``report.md``.
 
+In ``--out``: ``summary.json``, ``report.md`` and its pictures; ``<LABEL>/`` the small files of
+each search (the ones read here), ``runs/<LABEL>/`` the full search folders (git-ignored),
+``retrain/`` the retrained genotypes and their logs (the run folders under it git-ignored).
+
 Everything is computed from each run folder's ``alpha_history.npz`` (gate values per epoch),
 ``config.yaml`` and ``log.txt``. Epochs are numbered from 1 (the npz ``epochs`` + 1). Per
 epoch, the normal cell is derived with the DARTS rule (2 strongest inputs per node, strongest
@@ -139,7 +143,8 @@ def load_run(label: str, folder: Path) -> Run:
         epochs, normal, reduce = data["epochs"], data["gated_normal"], data["gated_reduce"]
     log = folder / "log.txt"
     lines = log.read_text().splitlines() if log.is_file() else []
-    return Run(label, folder, cfg, resolve_primitives(cfg.get("primitives", "fairdarts")), epochs, normal, reduce, lines)
+    primitives = resolve_primitives(cfg.get("primitives", "fairdarts"))
+    return Run(label, folder, cfg, primitives, epochs, normal, reduce, lines)
 
 
 def parse_run_specs(specs: list[str]) -> list[Run]:
@@ -304,7 +309,8 @@ def per_epoch_table(runs: list[Run], summary: dict) -> list[str]:
     for r in runs:
         cols.append((f"{r.label} skips", summary["runs"][r.label]["skips_per_epoch"]))
         if "polarised_share_per_epoch" in summary["runs"][r.label]:
-            cols.append((f"{r.label} polarised", [f"{v:.1%}" for v in summary["runs"][r.label]["polarised_share_per_epoch"]]))
+            shares = summary["runs"][r.label]["polarised_share_per_epoch"]
+            cols.append((f"{r.label} polarised", [f"{v:.1%}" for v in shares]))
     lines = ["| epoch | " + " | ".join(c[0] for c in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
     for e in range(n):
         lines.append(f"| {e + 1} | " + " | ".join(str(c[1][e]) if e < len(c[1]) else "" for c in cols) + " |")
@@ -397,6 +403,9 @@ def final_test_top1(log: Path) -> float:
 
 def retrain(runs: list[Run], out: Path) -> None:
     """Retrain every run's derived genotype, in parallel (one thread each), into ``out/retrain``."""
+    taken = [str(out / "retrain" / r.label) for r in runs if (out / "retrain" / r.label).exists()]
+    if taken:
+        raise UserError(f"{', '.join(taken)} exist: move them away (or delete them) to retrain again")
     jobs = []
     for r in runs:
         rule, why = retrain_rule(r)
@@ -404,8 +413,6 @@ def retrain(runs: list[Run], out: Path) -> None:
         genotype_file.parent.mkdir(parents=True, exist_ok=True)
         genotype_file.write_text(r.genotype(rule).to_json())
         save = out / "retrain" / r.label
-        if save.exists():
-            raise UserError(f"{save} exists: move it away (or delete it) to retrain {r.label} again")
         cmd = retrain_command(r, genotype_file.resolve(), save.resolve())
         print(f"== retrain {r.label}: {' '.join(cmd[1:])}", flush=True)
         jobs.append((r, rule, why, save, subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -417,11 +424,11 @@ def retrain(runs: list[Run], out: Path) -> None:
     summary = json.loads(path.read_text())
     for r, rule, why, save, _ in jobs:
         log = save / "log.txt"
-        kept = r.folder / "retrain_log.txt"     # the small copy next to the search's artefacts
+        kept = out / "retrain" / f"{r.label}_log.txt"     # kept in git; the run folder is not
         shutil.copyfile(log, kept)
         summary["runs"][r.label]["retrain"] = {
-            "search_folder": os.path.relpath(r.folder, out), "rule": rule, "why": why, "genotype": r.genotype(rule).to_dict(),
-            "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "log": os.path.relpath(kept, out),
+            "search_folder": os.path.relpath(r.folder, out), "rule": rule, "why": why,
+            "genotype": r.genotype(rule).to_dict(), "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "log": os.path.relpath(kept, out),
             "wall_seconds": log_span(log.read_text().splitlines())}
     path.write_text(json.dumps(summary, indent=1) + "\n")
 
@@ -475,7 +482,7 @@ def keep_small_artefacts(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def run_all(args: argparse.Namespace) -> Path:
+def run_all(args: argparse.Namespace, argv: list[str]) -> Path:
     """The three searches in parallel processes (one thread each), then the report."""
     runs_dir = args.out / "runs"
     procs = []
@@ -493,7 +500,7 @@ def run_all(args: argparse.Namespace) -> Path:
     if failed:
         raise UserError(f"search failed: {'; '.join(failed)}; run the same command again to resume")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python scripts/collapse_study.py", *(sys.argv[1:] if args.argv is None else args.argv)])
+    command = " ".join(["python scripts/collapse_study.py", *argv])
     (args.out / STUDY).write_text(json.dumps({"hardware": hardware(args.device), "command": command}, indent=1) + "\n")
     runs = [load_run(label, keep_small_artefacts(runs_dir / label, args.out / label)) for label in PLANS]
     path = report(runs, args.out)
@@ -516,7 +523,8 @@ def build_parser() -> CLIParser:
     ret.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
                      help="the study folder: its summary.json names the runs (default: reports/collapse_long)")
     run = sub.add_parser("run", help="run the three searches in parallel, then report")
-    run.add_argument("--dataset", default="fashion_mnist", help="dataset of the three searches (default: fashion_mnist)")
+    run.add_argument("--dataset", default="fashion_mnist",
+                     help="dataset of the three searches (default: fashion_mnist)")
     run.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
                      help="dataset root (default: /usr/share/datasets/fashion-mnist)")
     run.add_argument("--subset", type=int, default=None, help="first N training images only (default: all)")
@@ -538,7 +546,6 @@ def build_parser() -> CLIParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.argv = argv
     if args.command == "report":
         path = report(parse_run_specs(args.runs), args.out)
     elif args.command == "retrain":
@@ -546,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         retrain(runs, args.out)
         path = report(runs, args.out)
     else:
-        path = run_all(args)
+        path = run_all(args, sys.argv[1:] if argv is None else argv)
     print(f"report written to {path}")
     return 0
 

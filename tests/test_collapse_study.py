@@ -143,14 +143,15 @@ def test_run_searches_reports_and_retrains(tmp_path):
     for label, s in summary["runs"].items():
         small = out / label
         assert sorted(p.name for p in small.iterdir()) == ["alpha_history.npz", "config.yaml", "genotype.json",
-                                                           "log.txt", "retrain_log.txt"]
+                                                           "log.txt"]
         recompute(small, s)
         cfg = yaml.safe_load((small / "config.yaml").read_text())
         assert s["arch_steps"] == 2 * min(math.ceil(16 / 8), 2) and s["arch_steps_source"] == "log.txt"
         assert (cfg["epochs"], cfg["subset"], cfg["seed"], cfg["image_size"]) == (2, 32, 2, 8)
         assert cfg["gate"] == ("sigmoid" if label == "FairDARTS" else "softmax")
         assert 0.0 <= s["retrain"]["test_top1"] <= 100.0 and s["retrain"]["epochs"] == 2
-        assert f"test_top1 {s['retrain']['test_top1']:.2f}" in (small / "retrain_log.txt").read_text()
+        assert f"test_top1 {s['retrain']['test_top1']:.2f}" in (out / s["retrain"]["log"]).read_text()
+        assert s["retrain"]["log"] == f"retrain/{label}_log.txt"
     assert yaml.safe_load((out / "DARTS_noise" / "config.yaml").read_text())["noise_darts"] is True
     assert yaml.safe_load((out / "FairDARTS" / "config.yaml").read_text())["aux_loss_weight"] == 10
     assert "CPU cores" in summary["study"]["hardware"] and "--epochs 2" in summary["study"]["command"]
