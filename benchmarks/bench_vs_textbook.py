@@ -1,12 +1,16 @@
 """Our search step against the textbook DARTS step: time, peak memory, data wait, equality.
 
-    python benchmarks/bench_vs_textbook.py            # C=16, 8 layers, 32 px, batch 32 and 64
-    python benchmarks/bench_vs_textbook.py --quick    # a tiny net, a few seconds
+    python benchmarks/bench_vs_textbook.py                # C=16, 8 layers, 32 px, batch 32 and 64
+    python benchmarks/bench_vs_textbook.py --size small   # C=8, 5 layers, 16 px (CPU smoke runs, tests)
+    python benchmarks/bench_vs_textbook.py --quick        # a tiny net, a few seconds
 
 For each algorithm (Fair DARTS first order, DARTS second order) and batch size, both
 implementations run in this process on the same batches, alternating which goes first, and a
 search step (architecture step + weight step) is timed ``--repeats`` times after
-``--warmup`` steps. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the
+``--warmup`` steps, and so is the weight pass alone (forward and backward of the training
+loss, what every step and every retraining step pays). Each time is taken twice: wall clock
+and the CPU time of the calling thread (``time.thread_time``); on a shared machine the CPU
+time still counts only this process's own work, so its ratios hold under load. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the
 peak RSS of a fresh subprocess per (implementation, algorithm, batch) that builds the model
 and runs ``--memory-steps`` steps (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). The batches
 come from :class:`fairdarts.data.InMemoryLoader` / ``InfiniteBatches`` over CIFAR-sized
@@ -42,6 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.textbook import TextbookSearch, TextbookSupernet, textbook_state  # noqa: E402
+from fairdarts.cpu_allocator import keep_freed_memory  # noqa: E402
 from fairdarts.search.architect import ArchObjective, Architect  # noqa: E402
 from fairdarts.search.loop import SearchStep  # noqa: E402
 from fairdarts.search_space import DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Supernet  # noqa: E402
@@ -82,7 +87,9 @@ class NetSize:
 
 
 FULL = NetSize(16, 8, 32)
+SMALL = NetSize(8, 5, 16)
 QUICK = NetSize(4, 3, 16)
+SIZES = {"full": FULL, "small": SMALL, "quick": QUICK}
 
 
 # ----- building both implementations from the same weights -----------------------------------
@@ -112,6 +119,18 @@ def run_step(impl: str, step: SearchStep | TextbookSearch, train: Batch, arch: B
         step(train, arch)  # type: ignore[operator]
     else:
         step.step(*train, *arch, unrolled=unrolled)  # type: ignore[union-attr]
+
+
+def run_weight_pass(impl: str, step: SearchStep | TextbookSearch, train: Batch) -> None:
+    """Forward and backward of the training loss into the weight gradients (no optimizer step)."""
+    x, y = train
+    model = step.model
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    if impl == "ours":
+        loss.backward(inputs=step.weights)  # type: ignore[union-attr]
+    else:
+        loss.backward()  # the textbook's weight step: every gradient, alphas included
 
 
 # ----- equality ---------------------------------------------------------------------------
@@ -210,7 +229,8 @@ def time_pair(algo: Algorithm, size: NetSize, batch_size: int, warmup: int, repe
     except ImportError:  # fairdarts.data absent: fixed batches, no data-wait figure
         train, arch = synthetic_batches(size, batch_size, seed, device)
         train_it, arch_it, in_memory = itertools.repeat(train), itertools.repeat(arch), False
-    times: dict[str, list[float]] = {k: [] for k in IMPLEMENTATIONS}
+    times: dict[str, dict[str, list[float]]] = {
+        k: {m: [] for m in ("step", "step_cpu", "weight", "weight_cpu")} for k in IMPLEMENTATIONS}
     peak: dict[str, int] = {k: 0 for k in IMPLEMENTATIONS}
     wait = 0.0
     for i in range(warmup + repeats):
@@ -223,22 +243,31 @@ def time_pair(algo: Algorithm, size: NetSize, batch_size: int, warmup: int, repe
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             run_step(impl, steps[impl], train, arch, algo.unrolled)
             _sync(device)
+            t, c = time.perf_counter() - t, time.thread_time() - c
+            if device.type == "cuda":
+                peak[impl] = max(peak[impl], torch.cuda.max_memory_allocated(device))
+            tw, cw = time.perf_counter(), time.thread_time()
+            run_weight_pass(impl, steps[impl], train)
+            _sync(device)
+            tw, cw = time.perf_counter() - tw, time.thread_time() - cw
             if i >= warmup:
-                times[impl].append(time.perf_counter() - t)
-                if device.type == "cuda":
-                    peak[impl] = max(peak[impl], torch.cuda.max_memory_allocated(device))
+                for key, value in (("step", t), ("step_cpu", c), ("weight", tw), ("weight_cpu", cw)):
+                    times[impl][key].append(value)
         if i >= warmup:
             wait += fetch
     out = {}
     for impl in IMPLEMENTATIONS:
         ts = times[impl]
-        out[impl] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": len(ts)}
+        out[impl] = {"median_s": statistics.median(ts["step"]), "min_s": min(ts["step"]), "max_s": max(ts["step"]),
+                     "n": len(ts["step"]), "median_cpu_s": statistics.median(ts["step_cpu"]),
+                     "weight_median_s": statistics.median(ts["weight"]),
+                     "weight_median_cpu_s": statistics.median(ts["weight_cpu"])}
         if device.type == "cuda":
             out[impl]["peak_mib"] = peak[impl] / 2**20
-    ours_total = sum(times["ours"])
+    ours_total = sum(times["ours"]["step"])
     out["ours"]["data_wait_share"] = wait / (wait + ours_total) if in_memory else None
     return out
 
@@ -283,8 +312,8 @@ def machine() -> dict[str, object]:
 
 def print_table(rows: list[dict[str, object]], device: torch.device) -> None:
     mem = "peak MiB" + (" (CUDA)" if device.type == "cuda" else " (RSS)")
-    head = f"{'algorithm':<14}{'batch':>6}  {'impl':<9}{'median s':>9}{'min s':>8}{'max s':>8}{mem:>17}" \
-           f"{'speed-up':>10}{'mem ratio':>10}{'data wait':>10}"
+    head = f"{'algorithm':<14}{'batch':>6}  {'impl':<9}{'step s':>8}{'cpu s':>8}{'weight s':>9}{'cpu s':>8}" \
+           f"{mem:>17}{'step x':>8}{'cpu x':>7}{'weight x':>9}{'cpu x':>7}{'mem ratio':>10}{'data wait':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -292,9 +321,10 @@ def print_table(rows: list[dict[str, object]], device: torch.device) -> None:
         if r["impl"] == "ours":
             share = r["data_wait_share"]
             wait = f"{100 * share:>9.1f}%" if share is not None else f"{'n/a':>10}"
-            extra = f"{r['speedup']:>9.2f}x{r['mem_ratio']:>10.2f}{wait}"
-        print(f"{r['algorithm']:<14}{r['batch']:>6}  {r['impl']:<9}{r['median_s']:>9.2f}{r['min_s']:>8.2f}"
-              f"{r['max_s']:>8.2f}{r['peak_mib']:>17.0f}{extra}")
+            extra = (f"{r['speedup']:>7.2f}x{r['speedup_cpu']:>6.2f}x{r['weight_speedup']:>8.2f}x"
+                     f"{r['weight_speedup_cpu']:>6.2f}x{r['mem_ratio']:>10.2f}{wait}")
+        print(f"{r['algorithm']:<14}{r['batch']:>6}  {r['impl']:<9}{r['median_s']:>8.3f}{r['median_cpu_s']:>8.3f}"
+              f"{r['weight_median_s']:>9.3f}{r['weight_median_cpu_s']:>8.3f}{r['peak_mib']:>17.0f}{extra}")
 
 
 def second_over_first(rows: list[dict[str, object]]) -> dict[int, float]:
@@ -311,6 +341,8 @@ def write_json(path: Path, result: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--quick", action="store_true", help="tiny net (C=4, 3 layers, 16 px), batch 8, 3 repeats")
+    p.add_argument("--size", choices=list(SIZES), default=None,
+                   help="full: C=16, 8 layers, 32 px (default); small: C=8, 5 layers, 16 px; quick: as --quick")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 32 64 (quick: 8)")
     p.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 10, quick 3)")
@@ -326,14 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "vs_textbook.json")
     args = p.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    args.quick = args.quick or args.size == "quick"
+    size = QUICK if args.quick else SIZES[args.size or "full"]
     batch_sizes = args.batch_sizes or ([8] if args.quick else [32, 64])
     repeats = args.repeats or (3 if args.quick else 10)
     images = min(args.images, 512) if args.quick else args.images
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    allocator_tuned = keep_freed_memory()  # as the command-line tools do (both implementations gain)
 
     result: dict[str, object] = {"machine": machine(), "device": str(device), "net": asdict(size),
+                                  "allocator_keeps_freed_memory": allocator_tuned,
                                   "repeats": repeats, "warmup": args.warmup, "check_dtype": args.check_dtype,
                                   "check_batch": args.check_batch, "equality_rel_err": {}, "rows": []}
     rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
@@ -364,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"algorithm": name, "batch": bs, "impl": impl, **timing[impl]})
             ours, tb = rows[-2], rows[-1]
             ours["speedup"] = tb["median_s"] / ours["median_s"]
+            ours["speedup_cpu"] = tb["median_cpu_s"] / ours["median_cpu_s"]
+            ours["weight_speedup"] = tb["weight_median_s"] / ours["weight_median_s"]
+            ours["weight_speedup_cpu"] = tb["weight_median_cpu_s"] / ours["weight_median_cpu_s"]
             ours["mem_ratio"] = ours["peak_mib"] / tb["peak_mib"]
             print(f"{name} batch {bs}: ours {ours['median_s']:.2f} s, textbook {tb['median_s']:.2f} s", flush=True)
             result["ours_second_over_first"] = second_over_first(rows)

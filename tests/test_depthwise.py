@@ -106,3 +106,20 @@ def test_search_cell_gradients_unchanged_by_fast_path() -> None:
         DepthwiseConv2d.forward = original  # type: ignore[method-assign]
     for a, b in itertools.zip_longest(fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,d,s", CONFIGS)
+def test_gradients_under_cpu_autocast(k: int, d: int, s: int) -> None:
+    """Regression: under bf16 autocast (``train.py --amp --amp_dtype bf16`` on the CPU) the fast
+    dilated backward got a bf16 grad_output against an fp32 weight and raised a dtype error."""
+    torch.manual_seed(0)
+    m = DepthwiseConv2d(4, k, stride=s, padding=d * (k - 1) // 2, dilation=d)
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().square().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    assert m.weight.grad is not None and m.weight.grad.dtype == torch.float32
+    x_ref = x.detach().clone().requires_grad_()
+    _reference(m, x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0.1, atol=0.1 * x_ref.grad.abs().max().item())

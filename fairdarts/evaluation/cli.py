@@ -16,6 +16,7 @@ import torch
 
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.config import field_help, resolve_config
+from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import resolve_device
 from fairdarts.errors import UserError
@@ -109,6 +110,7 @@ def report(result: EvalResult, names: list[str] | None, per_class: bool, threads
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()
     cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), PROG, DESCRIPTION)
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)

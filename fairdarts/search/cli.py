@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from fairdarts.config import resolve_config
+from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import cleanup_distributed, init_distributed
 from fairdarts.resume import open_run, resume_config
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
          searcher_cls: type[Searcher] = Searcher, prog: str = PROG, description: str = DESCRIPTION) -> int:
     """The search command. ``config_cls``/``searcher_cls`` let a variant (the ``darts/`` ablations)
     add flags and behaviour to the same loop instead of copying it."""
+    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = resolve_config(config_cls, argv, prog, description)
     ckpt = None

@@ -66,6 +66,9 @@ class _SameDepthwiseConv(torch.autograd.Function):
         d, k, c = ctx.dilation, weight.shape[-1], weight.shape[0]
         pad = d * (k - 1) // 2
         grad_out = _like_format(grad_out, x)
+        # Under autocast the forward ran in a lower precision: compute the gradients in the
+        # dtype of grad_out (autograd casts them back to the dtypes of x and weight).
+        x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = F.conv2d(grad_out, weight.flip(2, 3), None, 1, pad, d, c)

@@ -49,6 +49,73 @@ def apply_gate(alphas: torch.Tensor, gate: str) -> torch.Tensor:
     raise ValueError(f"unknown gate {gate!r}; use one of {GATES}")
 
 
+POOL_OPS = frozenset({"max_pool_3x3", "avg_pool_3x3"})
+StatsUpdate = tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]  # module, batch mean, unbiased var
+
+
+class EdgeSource:
+    """A cell state as the mixed ops of the edges leaving it read it: ``h``, ``relu(h)`` and
+    the pool ops' outputs, computed once per state.
+
+    Every edge leaving a state pools the same tensor with the same stride and, in training,
+    normalises it with the same batch statistics (the search's BatchNorm has no affine
+    parameters), so a pool op's output is identical on all those edges. Computing it once
+    removes about two thirds of the pool and BatchNorm work of a cell; each edge's BatchNorm
+    still gets its own running-statistics update, queued in ``stats_updates`` and applied by
+    :func:`apply_stats_updates` (what ``BatchNorm2d.forward`` does, for many modules at once).
+    """
+
+    def __init__(self, h: torch.Tensor, stats_updates: list[StatsUpdate] | None = None):
+        self.h = h
+        self._relu: torch.Tensor | None = None
+        self.stats_updates = stats_updates
+        self._pooled: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._pools: dict[str, torch.Tensor] = {}
+
+    @property
+    def relu(self) -> torch.Tensor:
+        """``relu(h)``, computed on first use (the last node of a cell feeds no edge)."""
+        if self._relu is None:
+            self._relu = F.relu(self.h)
+        return self._relu
+
+    def pooled(self, name: str, pool: nn.Module, bn: nn.BatchNorm2d) -> torch.Tensor:
+        """``bn(pool(h))`` for one edge, shared with every other edge that leaves this state."""
+        if not bn.training or self.stats_updates is None or not _plain_running_stats(bn):
+            if name not in self._pools:
+                self._pools[name] = pool(self.h)
+            return bn(self._pools[name])
+        if name not in self._pooled:
+            p = pool(self.h)
+            with torch.no_grad():
+                var, mean = torch.var_mean(p, dim=(0, 2, 3), correction=1)
+            self._pooled[name] = (F.batch_norm(p, None, None, training=True, eps=bn.eps), mean, var)
+        y, mean, var = self._pooled[name]
+        self.stats_updates.append((bn, mean, var))
+        return y
+
+
+def _plain_running_stats(bn: nn.BatchNorm2d) -> bool:
+    return (not bn.affine and bn.track_running_stats and bn.momentum is not None
+            and bn.running_mean is not None and bn.running_var is not None)
+
+
+@torch.no_grad()
+def apply_stats_updates(updates: list[StatsUpdate]) -> None:
+    """``running = (1 - momentum) * running + momentum * batch_stat`` and one more tracked
+    batch, as ``BatchNorm2d`` does in training, for every queued module (grouped by momentum)."""
+    groups: dict[float, list[StatsUpdate]] = {}
+    for u in updates:
+        groups.setdefault(float(u[0].momentum), []).append(u)  # type: ignore[arg-type]
+    for momentum, group in groups.items():
+        running = [t for bn, _, _ in group for t in (bn.running_mean, bn.running_var)]
+        batch = [t for _, mean, var in group for t in (mean, var)]
+        torch._foreach_mul_(running, 1.0 - momentum)
+        torch._foreach_add_(running, batch, alpha=momentum)
+        torch._foreach_add_([bn.num_batches_tracked for bn, _, _ in group], 1)
+    updates.clear()
+
+
 class MixedOp(nn.Module):
     """All candidate ops of one edge; output = sum of gate-weighted op outputs."""
 
@@ -67,11 +134,21 @@ class MixedOp(nn.Module):
                             for name in self.primitives]
         self._active = [k for k, name in enumerate(self.primitives) if name != "none"]
 
-    def forward(self, x: torch.Tensor, x_relu: torch.Tensor, weights: torch.Tensor,
+    def forward(self, x: torch.Tensor | EdgeSource, x_relu: torch.Tensor | None, weights: torch.Tensor,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out + sum_k w_k * op_k(x)``: ``out`` lets a node accumulate all its edges in one chain."""
+        """``out + sum_k w_k * op_k(x)``: ``out`` lets a node accumulate all its edges in one chain.
+
+        ``x`` is a tensor (with ``x_relu = relu(x)``) or an :class:`EdgeSource`, whose pool
+        outputs are shared with the other edges leaving the same state."""
+        source = x if isinstance(x, EdgeSource) else None
+        if source is not None:
+            x, x_relu = source.h, source.relu
         for k in self._active:
-            y = self._ops[k](x_relu if self._reads_relu[k] else x)
+            op = self._ops[k]
+            if source is not None and self.primitives[k] in POOL_OPS and isinstance(op, nn.Sequential):
+                y = source.pooled(self.primitives[k], op[0], op[1])
+            else:
+                y = op(x_relu if self._reads_relu[k] else x)
             out = weights[k] * y if out is None else torch.addcmul(out, weights[k], y)
         if out is None:  # only 'none' ops on this edge: a zero tensor of the output shape
             out = weights[0] * self._ops[0](x)
@@ -98,16 +175,18 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        updates: list[StatsUpdate] = []
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        relus = [F.relu(s) for s in states]
+        sources = [EdgeSource(h, updates) for h in states]
         offset = 0
         for _ in range(self._steps):
             s = None
-            for j, (h, r) in enumerate(zip(states, relus)):
-                s = self._ops[offset + j](h, r, weights[offset + j], s)
-            offset += len(states)
+            for j, source in enumerate(sources):
+                s = self._ops[offset + j](source, None, weights[offset + j], s)
+            offset += len(sources)
             states.append(s)
-            relus.append(F.relu(s))
+            sources.append(EdgeSource(s, updates))
+        apply_stats_updates(updates)
         return torch.cat(states[-self._multiplier:], dim=1)
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.config import resolve_config
 from fairdarts.distributed import cleanup_distributed, init_distributed
 from fairdarts.resume import open_run, resume_config
@@ -27,6 +28,7 @@ DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair D
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = resolve_config(TrainConfig, argv, PROG, DESCRIPTION).resolved()
     ckpt = None
