@@ -79,12 +79,23 @@ def test_inference_takes_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None
         raise AssertionError("the custom autograd function ran without a gradient to compute")
 
     monkeypatch.setattr(depthwise._SameDepthwiseConv, "apply", refuse)
-    m = DepthwiseConv2d(4, 3, stride=1, padding=2, dilation=2)
-    x = torch.randn(1, 4, 8, 8)
-    with torch.no_grad():
+    monkeypatch.setattr(depthwise._UndilatedDepthwiseConv, "apply", refuse)
+    for m in (DepthwiseConv2d(4, 3, stride=1, padding=2, dilation=2), DepthwiseConv2d(4, 5, stride=1, padding=2)):
+        x = torch.randn(1, 4, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), _reference(m, x))
+        m.weight.requires_grad_(False)
         torch.testing.assert_close(m(x), _reference(m, x))
-    m.weight.requires_grad_(False)
-    torch.testing.assert_close(m(x), _reference(m, x))
+
+
+@pytest.mark.parametrize("k,d,s,backward", [(5, 1, 1, "_UndilatedDepthwiseConv"), (5, 1, 2, "_UndilatedDepthwiseConv"),
+                                            (5, 2, 2, "_UndilatedDepthwiseConv"), (3, 2, 1, "_SameDepthwiseConv"),
+                                            (5, 2, 1, "_SameDepthwiseConv")])
+def test_training_takes_the_fast_gradients(k: int, d: int, s: int, backward: str) -> None:
+    """The search's 5x5 and dilated convs (stride 1 and 2) record the fast backward."""
+    m = DepthwiseConv2d(4, k, stride=s, padding=d * (k - 1) // 2, dilation=d)
+    y = m(torch.randn(2, 4, 8, 8))
+    assert backward in type(y.grad_fn).__name__
 
 
 def test_search_cell_gradients_unchanged_by_fast_path() -> None:

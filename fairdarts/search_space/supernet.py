@@ -15,9 +15,16 @@ the last ``multiplier`` nodes concatenated); the implementation is leaner:
 * on the CPU the network runs channels-last: oneDNN's depthwise, pooling and BatchNorm
   kernels are several times faster in NHWC (benchmarks/bench_vs_textbook.py measured a
   search step ~3x faster than NCHW on 2 cores).
-* the dilated depthwise convolutions take their CPU gradients from fast kernels
-  (:mod:`fairdarts.search_space.depthwise`; a 1.3x faster first-order and 1.4x faster
-  second-order step on this project's CPU).
+* the dilated and 5x5 depthwise convolutions take their CPU gradients from fast kernels
+  (:mod:`fairdarts.search_space.depthwise`);
+* the pool ops of all edges leaving one state compute the same tensor (same input, same
+  stride, BatchNorm without affine parameters on batch statistics): it is computed once per
+  state (:class:`EdgeSource`), which removes about two thirds of a cell's pooling and pool
+  BatchNorm work;
+* the gradient reaches the last cell in channels-last memory (:class:`_ChannelsLastGrad`).
+
+``tests/reference_supernet.py`` keeps the plain formulation; ``tests/test_fast_supernet.py``
+holds this one equal to it in float64 (logits, gradients, running statistics, trajectories).
 
 Alphas are ``nn.Parameter`` s of the module (so DDP and ``state_dict`` see them), reached
 through :meth:`Supernet.arch_parameters`; the op weights through :meth:`weight_parameters`.
@@ -190,6 +197,22 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in channels-last memory.
+
+    Global average pooling's backward returns an NCHW gradient; reaching the last cell that
+    way, every BatchNorm and convolution backward there ran oneDNN's mixed-format path, 2-4x
+    slower than on a channels-last gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class Supernet(nn.Module):
     """The search network (CIFAR stem), reduction cells at 1/3 and 2/3 of the depth."""
 
@@ -258,6 +281,8 @@ class Supernet(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        if x.device.type == "cpu":
+            s1 = _ChannelsLastGrad.apply(s1)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def map_skip_ops(self, fn: Callable[[nn.Module, int], nn.Module]) -> None:
