@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 
-from benchmarks import bench_depthwise, bench_search_passes  # noqa: E402
+from benchmarks import bench_allocator, bench_depthwise, bench_search_passes  # noqa: E402
 
 # The scripts set the intra-op thread count (--threads 1); one_thread gives it back afterwards.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,3 +32,24 @@ def test_depthwise_quick_gradients_agree(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == len(bench_depthwise.CASES)
     assert max(r["max_rel_diff"] for r in rows) < 1e-4  # float32, sums regrouped
+
+
+def test_allocator_quick_runs_both_variants(tmp_path: Path) -> None:
+    out = tmp_path / "allocator.json"
+    assert bench_allocator.main(["--quick", "--rounds", "1", "--passes", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == list(bench_allocator.VARIANTS)
+    assert all(r["cpu_s"] > 0 and r["minor_faults"] >= 0 and r["passes"] == 1 for r in rows)
+
+
+def test_vs_textbook_quick_reports_step_and_weight_pass(tmp_path: Path) -> None:
+    from benchmarks import bench_vs_textbook
+
+    out = tmp_path / "vs.json"
+    assert bench_vs_textbook.main(["--quick", "--batch-sizes", "2", "--repeats", "1", "--threads", "1",
+                                   "--algorithms", "fairdarts_1st", "--images", "16", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ours = next(r for r in result["rows"] if r["impl"] == "ours")
+    for key in ("speedup", "speedup_cpu", "weight_speedup", "weight_speedup_cpu", "median_cpu_s", "weight_median_s"):
+        assert ours[key] > 0
+    assert max(result["equality_rel_err"]["fairdarts_1st"].values()) < 1e-10
