@@ -30,7 +30,7 @@ FLAG_GROUPS: dict[str, str] = {
     **dict.fromkeys(("save", "resume"), "run folder"),
     **dict.fromkeys(("device", "threads", "workers", "amp", "amp_dtype", "channels_last", "compile", "sync_bn"),
                     "devices/speed"),
-    **dict.fromkeys(("report_freq", "progress", "eval_every"), "logging"),
+    **dict.fromkeys(("report_freq", "progress", "eval_every", "plot_every"), "logging"),
     **dict.fromkeys(("per_class", "confusion", "dump_logits", "export", "export_path", "json", "out", "name"), "outputs"),
     **dict.fromkeys(("noise_darts", "noise_type", "noise_scheduler", "max_step", "random_search", "num_identity",
                      "num_arch", "flops_threshold", "max_tries", "train_random_epochs", "reweight"),

@@ -154,3 +154,17 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert got_text == ref_text
     assert json.loads((killed / "genotype.json").read_text()) == json.loads((ref / "genotype.json").read_text())
     assert "resumed from" in (killed / "log.txt").read_text()
+
+
+def test_alpha_plots_are_redrawn_every_plot_every_epochs_and_at_the_end(tmp_path, monkeypatch):
+    from fairdarts.search import searcher
+
+    drawn: list[int] = []
+    real = searcher.plot_alpha_history
+    monkeypatch.setattr(searcher, "plot_alpha_history",
+                        lambda history, *a, **k: (drawn.append(history.epochs[-1]), real(history, *a, **k))[1])
+    run = tmp_path / "run"
+    assert main([*TINY, "--epochs", "5", "--max_steps_per_epoch", "1", "--plot_every", "2",
+                 "--save", str(run)]) == 0
+    assert drawn == [1, 3, 4]  # after epochs 2 and 4, and after the last (5th) one
+    assert (run / "plots" / "alpha_normal.png").is_file()

@@ -20,7 +20,8 @@ DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "fol
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
 RESUME_OVERRIDABLE: frozenset[str] = frozenset(
-    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite", "threads"})
+    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite",
+     "threads", "plot_every"})
 
 
 @dataclass
@@ -82,6 +83,9 @@ class SearchConfig:
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)
     progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")
+    plot_every: int = field_help(
+        5, "redraw the alpha-evolution plots every N epochs and after the last one (drawing them takes "
+           "seconds: every epoch, a fifth of a small CPU search)", low=1)
     skip_nonfinite: bool = field_help(False, "skip a step whose loss is inf or nan instead of stopping the run")
 
     def validate(self) -> None:

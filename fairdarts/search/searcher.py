@@ -241,8 +241,9 @@ class Searcher:
         write_genotype(self.run_dir, genotype, epoch)
         write_gate_weights(self.run_dir, dict(zip(self.space.groups, gate_arrays(self.model))))
         self.history.save_npz(self.run_dir / "alpha_history.npz")
-        plot_alpha_history(self.history, self.primitives, self.run_dir / "plots", self.space.row_labels,
-                           self.space.plot_title)
+        if (epoch + 1) % self.cfg.plot_every == 0 or epoch + 1 == self.cfg.epochs:
+            plot_alpha_history(self.history, self.primitives, self.run_dir / "plots", self.space.row_labels,
+                               self.space.plot_title)
         save_checkpoint(self.state_dict(epoch + 1, genotype), self.run_dir / CHECKPOINT)
 
     def finish(self, genotype: Genotype | MobileGenotype) -> None:

@@ -57,7 +57,6 @@ def apply_gate(alphas: torch.Tensor, gate: str) -> torch.Tensor:
 
 
 POOL_OPS = frozenset({"max_pool_3x3", "avg_pool_3x3"})
-StatsUpdate = tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]  # module, batch mean, unbiased var
 
 
 class EdgeSource:
@@ -66,18 +65,19 @@ class EdgeSource:
 
     Every edge leaving a state pools the same tensor with the same stride and, in training,
     normalises it with the same batch statistics (the search's BatchNorm has no affine
-    parameters), so a pool op's output is identical on all those edges. Computing it once
-    removes about two thirds of the pool and BatchNorm work of a cell; each edge's BatchNorm
-    still gets its own running-statistics update, queued in ``stats_updates`` and applied by
-    :func:`apply_stats_updates` (what ``BatchNorm2d.forward`` does, for many modules at once).
+    parameters), so a pool op's output is identical on all those edges. The first edge
+    computes it with its own BatchNorm; every other edge reuses it and only updates its own
+    running statistics from the same pooled tensor (``torch.batch_norm_update_stats``, the
+    update ``BatchNorm2d`` makes, bit for bit). This removes about two thirds of a cell's
+    pooling and pool BatchNorm work. In eval mode each edge normalises with its own running
+    statistics; only the pooling is shared.
     """
 
-    def __init__(self, h: torch.Tensor, stats_updates: list[StatsUpdate] | None = None):
+    def __init__(self, h: torch.Tensor):
         self.h = h
         self._relu: torch.Tensor | None = None
-        self.stats_updates = stats_updates
-        self._pooled: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._pools: dict[str, torch.Tensor] = {}
+        self._normalised: dict[str, torch.Tensor] = {}
 
     @property
     def relu(self) -> torch.Tensor:
@@ -88,39 +88,26 @@ class EdgeSource:
 
     def pooled(self, name: str, pool: nn.Module, bn: nn.BatchNorm2d) -> torch.Tensor:
         """``bn(pool(h))`` for one edge, shared with every other edge that leaves this state."""
-        if not bn.training or self.stats_updates is None or not _plain_running_stats(bn):
-            if name not in self._pools:
-                self._pools[name] = pool(self.h)
-            return bn(self._pools[name])
-        if name not in self._pooled:
-            p = pool(self.h)
-            with torch.no_grad():
-                var, mean = torch.var_mean(p, dim=(0, 2, 3), correction=1)
-            self._pooled[name] = (F.batch_norm(p, None, None, training=True, eps=bn.eps), mean, var)
-        y, mean, var = self._pooled[name]
-        self.stats_updates.append((bn, mean, var))
-        return y
+        if name not in self._pools:
+            self._pools[name] = pool(self.h)
+        p = self._pools[name]
+        if not (bn.training and _batch_statistics_only(bn)):
+            return bn(p)
+        if name not in self._normalised:
+            self._normalised[name] = bn(p)
+            return self._normalised[name]
+        with torch.no_grad():
+            torch.batch_norm_update_stats(p, bn.running_mean, bn.running_var, bn.momentum)  # type: ignore[arg-type]
+            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        return self._normalised[name]
 
 
-def _plain_running_stats(bn: nn.BatchNorm2d) -> bool:
+def _batch_statistics_only(bn: nn.BatchNorm2d) -> bool:
+    """In training, the output depends on the input alone (no affine parameters), and the
+    running statistics follow the exponential moving average that
+    ``torch.batch_norm_update_stats`` computes."""
     return (not bn.affine and bn.track_running_stats and bn.momentum is not None
-            and bn.running_mean is not None and bn.running_var is not None)
-
-
-@torch.no_grad()
-def apply_stats_updates(updates: list[StatsUpdate]) -> None:
-    """``running = (1 - momentum) * running + momentum * batch_stat`` and one more tracked
-    batch, as ``BatchNorm2d`` does in training, for every queued module (grouped by momentum)."""
-    groups: dict[float, list[StatsUpdate]] = {}
-    for u in updates:
-        groups.setdefault(float(u[0].momentum), []).append(u)  # type: ignore[arg-type]
-    for momentum, group in groups.items():
-        running = [t for bn, _, _ in group for t in (bn.running_mean, bn.running_var)]
-        batch = [t for _, mean, var in group for t in (mean, var)]
-        torch._foreach_mul_(running, 1.0 - momentum)
-        torch._foreach_add_(running, batch, alpha=momentum)
-        torch._foreach_add_([bn.num_batches_tracked for bn, _, _ in group], 1)
-    updates.clear()
+            and bn.running_mean is not None and bn.num_batches_tracked is not None)
 
 
 class MixedOp(nn.Module):
@@ -182,9 +169,8 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        updates: list[StatsUpdate] = []
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        sources = [EdgeSource(h, updates) for h in states]
+        sources = [EdgeSource(h) for h in states]
         offset = 0
         for _ in range(self._steps):
             s = None
@@ -192,8 +178,7 @@ class SearchCell(nn.Module):
                 s = self._ops[offset + j](source, None, weights[offset + j], s)
             offset += len(sources)
             states.append(s)
-            sources.append(EdgeSource(s, updates))
-        apply_stats_updates(updates)
+            sources.append(EdgeSource(s))
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
