@@ -102,16 +102,24 @@ def _active() -> bool:
 
 
 def all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over ranks, in place; every rank must call it with the same shape."""
+    """Sum ``tensor`` over ranks, in place; every rank must call it with the same shape.
+
+    A non-contiguous tensor (a view, e.g. a gradient sliced out of a larger one) is reduced
+    through a contiguous copy: gloo's in-place all-reduce would leave such a view unchanged."""
     if _active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if tensor.is_contiguous():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        else:
+            dense = tensor.contiguous()
+            dist.all_reduce(dense, op=dist.ReduceOp.SUM)
+            tensor.copy_(dense)
     return tensor
 
 
 def all_reduce_mean_(tensor: Tensor) -> Tensor:
     """Average a floating-point ``tensor`` over ranks, in place."""
     if _active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        all_reduce_sum_(tensor)
         tensor.div_(dist.get_world_size())
     return tensor
 

@@ -101,7 +101,7 @@ def _weight_grad(x: Tensor, grad_out: Tensor, k: int, stride: int, padding: int)
         rows.append(torch.cat([torch.ops.aten.convolution_backward(
             grad_out, x_pad[:, :, a:a + span_h, b:b + span_w], block, None, [stride] * 2, [0, 0], [1, 1],
             False, [0, 0], c, [False, True, False])[1] for b in starts], dim=3))
-    return torch.cat(rows, dim=2)[:, :, :k, :k]
+    return torch.cat(rows, dim=2)[:, :, :k, :k].contiguous()
 
 
 class _UndilatedDepthwiseConv(torch.autograd.Function):
