@@ -462,7 +462,8 @@ def hardware(device: str) -> str:
 def search_command(label: str, args: argparse.Namespace, save: Path) -> list[str]:
     cmd = [sys.executable, *PLANS[label], "--dataset", args.dataset, "--data", args.data, "--epochs", str(args.epochs),
            "--seed", str(args.seed), "--init_channels", str(args.init_channels), "--layers", str(args.layers),
-           "--batch_size", str(args.batch_size), "--device", args.device, "--threads", "1", "--no-progress"]
+           "--batch_size", str(args.batch_size), "--device", args.device, "--threads", "1", "--no-progress",
+           "--plot_every", str(args.epochs)]  # the alpha plots once, at the end: seconds per drawing
     for key in ("subset", "image_size", "max_steps_per_epoch"):
         if getattr(args, key) is not None:
             cmd += [f"--{key}", str(getattr(args, key))]
