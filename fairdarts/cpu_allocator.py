@@ -3,9 +3,10 @@
 A CPU search or training step allocates and frees hundreds of activation and gradient tensors
 of a few MB. glibc's malloc serves blocks above its mmap threshold with fresh ``mmap`` s and
 returns freed heap tops to the kernel, so every step faults its working set in again, page by
-zeroed page: at C=16, 8 layers, 32 px, batch 32 about 39,000 minor page faults (~150 MB) per
-weight step, and the step runs ~1.2x slower than with memory kept
-(``python benchmarks/bench_allocator.py`` measures both). Raising the mmap threshold and the
+zeroed page: at C=16, 8 layers, 32 px, batch 32 about 43,000 minor page faults (~170 MB) per
+weight pass, 1.05x its CPU time with memory kept (``python benchmarks/bench_allocator.py``
+measures both; the gain in wall time is larger when the kernel zeroes pages for other
+processes too). Raising the mmap threshold and the
 trim threshold keeps freed blocks for reuse; the peak resident memory is unchanged, only its
 release to the system is deferred until the process ends.
 
