@@ -133,15 +133,25 @@ def run_random_search(cfg) -> int:
 
     from fairdarts.config import save_config
     from fairdarts.distributed import init_distributed
-    from fairdarts.run_dir import default_run_name, prepare_run_dir, setup_logger
+    from fairdarts.run_dir import claim_run_dir, default_run_name, setup_logger
     from fairdarts.search.searcher import build_data
 
     dist = init_distributed(cfg.device)
     data = build_data(cfg, dist) if cfg.train_random_epochs else None  # missing data fails before the folder
     cfg = dataclasses.replace(cfg, save=str(cfg.save or default_run_name("random_search")))
-    run_dir = prepare_run_dir(cfg.save, resume=False)
-    logger = setup_logger(run_dir, True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir, lock, note = claim_run_dir(cfg.save, resume=False)
+    try:
+        logger = setup_logger(run_dir, True)
+        if note:
+            logger.info("note: %s", note)
+        save_config(cfg, run_dir / "config.yaml")
+        return _random_search_run(cfg, run_dir, data, dist, logger)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _random_search_run(cfg, run_dir, data, dist, logger) -> int:
     logger.info("random search: %d genotypes with %d skip connections in the normal cell and >= %sM FLOPs "
                 "(36 channels, 20 layers), at most %d samples, seed %d", cfg.num_arch, cfg.num_identity,
                 cfg.flops_threshold, cfg.max_tries, cfg.seed)

@@ -117,6 +117,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is a folder, not a checkpoint file; pass the checkpoint file inside it")
     if not path.exists():
         raise UserError(f"checkpoint {path} not found; check the path (a run folder holds checkpoint.pt)")
+    if not path.is_file():
+        raise UserError(f"{path} is not a regular file (a device, pipe or socket); pass a checkpoint file")
     try:
         with warnings.catch_warnings():  # a legacy pickle warns about its protocol on stderr: the error says enough
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

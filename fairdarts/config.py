@@ -31,9 +31,11 @@ import yaml
 from fairdarts.errors import CLIParser, UserError, one_line
 from fairdarts.help_groups import group_of, help_sections
 from fairdarts.run_dir import atomic_write_text
+from fairdarts.safe_io import load_yaml, read_text_limited, short_repr
 
 C = TypeVar("C")
 SCALARS = (int, float, str, bool)
+SEED_MAX = 2**32 - 1  # NumPy's global generator takes seeds below 2**32
 
 
 def field_help(default: Any, help: str, choices: Sequence[Any] | None = None,
@@ -190,17 +192,13 @@ def _suggest(name: str, valid: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else " (see --help for the valid names)"
 
 
-def _read_file_values(config_cls: type, path: str | Path) -> dict[str, Any]:
-    """The options a YAML file sets, type-checked against ``config_cls``."""
+def _read_file_values(config_cls: type, path: str | Path, ignore_unknown: bool = False) -> dict[str, Any]:
+    """The options a YAML file sets, type-checked against ``config_cls`` (``ignore_unknown``:
+    options ``config_cls`` does not have are skipped, as when reading another command's run)."""
     path = Path(path)
+    text = read_text_limited(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text") from None
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -212,12 +210,15 @@ def _read_file_values(config_cls: type, path: str | Path) -> dict[str, Any]:
     kinds = _kinds(config_cls)
     values = {}
     for key, value in data.items():
+        if key not in kinds and ignore_unknown:
+            continue
         if key not in kinds:
-            raise UserError(f"{path}: unknown option {str(key)!r}{_suggest(str(key), kinds)}")
+            name = short_repr(str(key))
+            raise UserError(f"{path}: unknown option {name}{_suggest(str(key)[:200], kinds)}")
         try:
             values[key] = _coerce(kinds[key], value)
         except ValueError:
-            raise UserError(f"{path}: {key}: expected {kinds[key].describe()}, got {value!r}") from None
+            raise UserError(f"{path}: {key}: expected {kinds[key].describe()}, got {short_repr(value)}") from None
     return values
 
 
@@ -229,12 +230,14 @@ def _range_error(name: str, value: float, meta: Mapping[str, Any]) -> str | None
     high_ok = high is None or (value < high if high_open else value <= high)
     if low_ok and high_ok:
         return None
+    def show(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
     if low is not None and high is not None:
-        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        bounds = f"in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
     elif low is not None:
-        bounds = f"{'>' if low_open else '>='} {low:g}"
+        bounds = f"{'>' if low_open else '>='} {show(low)}"
     else:
-        bounds = f"{'<' if high_open else '<='} {high:g}"
+        bounds = f"{'<' if high_open else '<='} {show(high)}"
     return f"{name} must be {bounds}, got {value!r}"
 
 
@@ -248,7 +251,7 @@ def _check(cfg: Any) -> None:
             if item is None:
                 continue
             if choices and item not in choices:
-                raise UserError(f"{field.name} must be one of {', '.join(map(str, choices))}, got {item!r}")
+                raise UserError(f"{field.name} must be one of {', '.join(map(str, choices))}, got {short_repr(item)}")
             if kind.base in (int, float):
                 message = _range_error(field.name, item, field.metadata)
                 if message:
@@ -276,9 +279,9 @@ def resolve_config(config_cls: type[C], argv: Sequence[str] | None, prog: str, d
     return _build(config_cls, {**values, **flags})
 
 
-def load_config_file(config_cls: type[C], path: str | Path) -> C:
+def load_config_file(config_cls: type[C], path: str | Path, ignore_unknown: bool = False) -> C:
     """The config a YAML file describes (missing options take their defaults), checked like flags."""
-    return _build(config_cls, _read_file_values(config_cls, path))
+    return _build(config_cls, _read_file_values(config_cls, path, ignore_unknown))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -6,7 +6,11 @@ quiet, so callers need not test the rank at every line.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -23,26 +27,194 @@ LOG_FORMAT = "%(asctime)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def prepare_run_dir(save: str | Path, resume: bool, is_main: bool = True) -> Path:
-    """Create the run folder (and its parents) and check it can be written.
+#: What the commands write into a run folder; a folder holding nothing else is one of ours.
+RUN_FILES = frozenset({"config.yaml", "log.txt", "checkpoint.pt", "model_best.pt", "genotype.json", "genotype.txt",
+                       "normal_weight.npy", "reduce_weight.npy", "mobile_weight.npy", "alpha_history.npz", "random_genotypes.json",
+                       "random_genotypes.txt"})
+RUN_FOLDERS = frozenset({"tensorboard", "genotypes", "plots", "random"})
+#: A folder holding one of these holds a run to resume or a finished run's results: never reused.
+RESULTS = ("checkpoint.pt", "model_best.pt", "genotype.json", "random_genotypes.json")
+LOCK = ".lock"
+_TEMPORARY = re.compile(r"^\..+\.(tmp|download)-\d+$")  # what atomic_write leaves when killed mid-write
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
-    A folder that already holds files is only reused with ``resume``: a finished run is never
-    overwritten by accident. Only the main rank creates and checks; the others just get the path.
+
+class RunLock:
+    """An exclusive OS lock (``flock``) on ``RUN/.lock``, held while a run writes its folder.
+
+    The kernel releases it when the process ends in any way (SIGKILL included), so a lock left
+    by a killed run is stale by construction: the next run takes it over. The file holds the
+    holder's PID, which a second writer is told. The file itself stays (deleting a lock file
+    lets two processes lock two different files of the same name).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK
+        self._fd: int | None = None
+        self.stale_pid: int | None = None  # the PID of a killed holder whose lock was taken over
+
+    def acquire(self, flag: str) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {self.path.parent}: {exc.strerror or exc}; "
+                            f"choose another {flag}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"PID {holder}" if holder else "another process"
+            raise UserError(f"run folder {self.path.parent} is in use by another run ({who}); wait for it to "
+                            f"end, or choose another {flag}") from None
+        previous = _read_pid(fd)
+        self.stale_pid = previous if previous and previous != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_our_log(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return not first or bool(_LOG_LINE.match(first))
+
+
+def _is_our_config(path: Path) -> bool:
+    """A config.yaml a run saved: a mapping with the keys every command's config has."""
+    import yaml
+
+    from fairdarts.safe_io import load_yaml
+
+    try:
+        if path.stat().st_size > (1 << 20):
+            return False
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"save", "seed", "device"} <= set(data)
+
+
+def run_folder_state(path: Path) -> tuple[str, list[str]]:
+    """What a folder holds, for a fresh run that would use it: ``("empty", [])``, ``("run", results)``
+    (a checkpoint or a finished run's results), ``("dead", entries)`` (only what a run that stopped before
+    its first checkpoint left: reusable) or ``("foreign", entries)`` (anything else)."""
+    entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    if not entries:
+        return "empty", []
+    results = [name for name in RESULTS if name in entries]
+    if results:
+        return "run", results
+    foreign = [name for name in entries
+               if not (name in RUN_FILES and (path / name).is_file()
+                       or name in RUN_FOLDERS and (path / name).is_dir()
+                       or _TEMPORARY.match(name))]
+    if "config.yaml" in entries and "config.yaml" not in foreign and not _is_our_config(path / "config.yaml"):
+        foreign.append("config.yaml")
+    if "log.txt" in entries and "log.txt" not in foreign and not _is_our_log(path / "log.txt"):
+        foreign.append("log.txt")
+    return ("foreign", sorted(foreign)) if foreign else ("dead", entries)
+
+
+def _refuse_used(path: Path, state: str, entries: list[str], flag: str) -> None:
+    if state == "run":
+        if "checkpoint.pt" in entries:
+            raise UserError(f"run folder {path} already holds a run (checkpoint.pt); pass --resume {path} to "
+                            f"continue it, or choose another {flag}")
+        raise UserError(f"run folder {path} already holds a finished run ({', '.join(entries)}); choose another {flag}")
+    if state == "foreign":
+        shown = ", ".join(entries[:4]) + (f" (+{len(entries) - 4} more)" if len(entries) > 4 else "")
+        raise UserError(f"run folder {path} already exists and holds files that are not a run's ({shown}); choose "
+                        f"another {flag} (an empty folder, or one left by a run that stopped before its first "
+                        "checkpoint, is reused)")
+
+
+def _clear_dead_run(path: Path, entries: list[str]) -> None:
+    """Remove what a run that never reached its first checkpoint left, except its log."""
+    for name in entries:
+        target = path / name
+        if name == "log.txt":
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
+                  flag: str = "--save") -> tuple[Path, RunLock | None, str | None]:
+    """Create (or reopen) the run folder and lock it: (folder, lock, note for the log).
+
+    A fresh run takes an empty folder, or one that only a run stopped before its first
+    checkpoint wrote (its ``config.yaml``, ``log.txt``, per-epoch files: they are removed, the
+    log is kept and appended to); a folder with a checkpoint is only reopened with ``resume``,
+    a folder with anything else never. Nothing is written into a folder that is refused.
+    Only the main rank creates, checks and locks; the others just get the path.
     """
     path = Path(save)
     if not is_main:
-        return path
+        return path, None, None
     if path.exists() and not path.is_dir():
-        raise UserError(f"run folder {path} is a file; choose another --save")
-    if path.is_dir() and any(path.iterdir()) and not resume:
-        raise UserError(f"run folder {path} already exists and is not empty; pass --resume {path} "
-                        "to continue it or choose another --save")
+        raise UserError(f"run folder {path} is a file; choose another {flag}")
+    if not resume and path.is_dir():
+        _refuse_used(path, *run_folder_state(path), flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):  # mkdir succeeds on existing read-only folders
-            pass
     except OSError as exc:
-        raise UserError(f"cannot write the run folder {path}: {exc.strerror or exc}; choose another --save") from None
+        raise UserError(f"cannot write the run folder {path}: {exc.strerror or exc}; choose another {flag}") from None
+    lock = RunLock(path).acquire(flag)
+    note = None
+    try:
+        with tempfile.TemporaryFile(dir=path):  # mkdir and an existing lock file succeed on read-only folders
+            pass
+        if not resume:
+            state, entries = run_folder_state(path)  # again, under the lock: another run may have come first
+            _refuse_used(path, state, entries, flag)
+            if state == "dead":
+                _clear_dead_run(path, entries)
+                note = (f"reusing run folder {path}: it held only what a run that stopped before its first "
+                        f"checkpoint wrote ({', '.join(entries)}); its log.txt is kept")
+    except OSError as exc:
+        lock.release()
+        raise UserError(f"cannot write the run folder {path}: {exc.strerror or exc}; choose another {flag}") from None
+    except BaseException:
+        lock.release()
+        raise
+    if lock.stale_pid is not None:
+        stale = f"the lock of PID {lock.stale_pid}, which no longer runs, was taken over"
+        note = f"{note}; {stale}" if note else stale
+    return path, lock, note
+
+
+def prepare_run_dir(save: str | Path, resume: bool, is_main: bool = True) -> Path:
+    """:func:`claim_run_dir` without keeping the lock (tests, and callers that lock elsewhere)."""
+    path, lock, _ = claim_run_dir(save, resume, is_main)
+    if lock is not None:
+        lock.release()
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
+from fairdarts.safe_io import check_outputs
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 from fairdarts.search_space.mobile_genotype import MobileGenotype
 
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():
         name = "genotype"
+    arch_file = Path(args.arch) if Path(args.arch).is_file() else None
+    outputs = [("--out", Path(args.out) / f"{name}_{kind}.{ext}")
+               for kind in ("normal", "reduction") for ext in ("dot", "png", "svg")]
+    check_outputs(outputs, [("--arch", arch_file)])
     written = render_genotype(genotype, args.out, name)
     if not written:
         print(f"wrote DOT files to {args.out}; {INSTALL_HINT}")

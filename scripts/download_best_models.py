@@ -2,25 +2,26 @@
 
     python scripts/download_best_models.py [FILE ...] [--dest best_model] [--force]
 
-Each file is fetched from the manifest's source folder (GitHub raw form of the folder URL),
-written atomically, then loaded (weights_only) strictly into the network of its entry.
+Each file is fetched from the manifest's source folder (GitHub raw form of the folder URL) into
+a temporary file beside its destination, loaded (weights_only) strictly into the network of its
+entry, and only then renamed into place: ``--force`` never replaces a good file with a bad one.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairdarts.errors import CLIParser, UserError, run_cli  # noqa: E402
 from fairdarts.evaluation.evaluator import MANIFEST, load_model  # noqa: E402
 from fairdarts.run_dir import atomic_write_bytes  # noqa: E402
+from fairdarts.safe_io import load_yaml, read_text_limited  # noqa: E402
 
 TIMEOUT_S = 60
 
@@ -43,12 +44,37 @@ def fetch(url: str) -> bytes:
         raise UserError(f"cannot download {url}: {reason} (offline? fetch the file by hand into best_model/)") from None
 
 
-def check(path: Path, entry: dict) -> str:
-    """Load strictly into the manifest's network; a one-line description of what was checked."""
+def check(path: Path, entry: dict, name: str | None = None) -> str:
+    """Load strictly into the manifest's network; a one-line description of what was checked.
+    ``name`` is the manifest's file name when ``path`` is a temporary download."""
+    name = name or path.name
     loaded = load_model(path, manifest={path.name: entry})
     params = sum(p.numel() for p in loaded.model.parameters())
-    return (f"{path.name}: loads strictly into {entry['arch']} ({loaded.meta['init_channels']} ch, "
+    return (f"{name}: loads strictly into {entry['arch']} ({loaded.meta['init_channels']} ch, "
             f"{loaded.meta['layers']} layers, auxiliary {loaded.meta['auxiliary']}), {params / 1e6:.3f}M params")
+
+
+def download_verified(url: str, path: Path, entry: dict, fetch_bytes=None) -> str:
+    """Fetch ``url`` into a temporary file beside ``path``, check it loads into its network, and
+    only then rename it onto ``path``: a failed or wrong download leaves the old file as it was."""
+    data = (fetch_bytes or fetch)(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    tmp = path.with_name(f".{path.name}.download-{os.getpid()}")
+    try:
+        atomic_write_bytes(tmp, data)
+        try:
+            checked = check(tmp, entry, path.name)
+        except UserError as exc:
+            kept = f"; the existing {path} is kept" if path.is_file() else ""
+            raise UserError(f"the download of {path.name} is not a valid checkpoint ({exc}){kept}") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{path}: {len(data) / 1e6:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()} (manifest: unknown)")
+    return checked
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not MANIFEST.is_file():
         raise UserError(f"{MANIFEST} is missing")
-    doc = yaml.safe_load(MANIFEST.read_text())
+    doc = load_yaml(read_text_limited(MANIFEST, "manifest"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict) or "source" not in doc:
+        raise UserError(f"{MANIFEST}: expected 'source:' and a 'models:' mapping")
     source, models = doc["source"], doc["models"]
     names = args.files or list(models)
     unknown = [n for n in names if n not in models]
@@ -70,11 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.force or not path.is_file():
             url = raw_url(source, name)
             print(f"downloading {url}")
-            data = fetch(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, data)
-            print(f"{path}: {len(data) / 1e6:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()} (manifest: unknown)")
-        print(check(path, models[name]))
+            print(download_verified(url, path, models[name]))
+        else:
+            print(check(path, models[name]))
     return 0
 
 

@@ -1,28 +1,93 @@
-"""Run folders: never overwritten, logs appended on resume, quiet non-main ranks, atomic artefacts."""
+"""Run folders: never overwritten, locked, reusable after a run that died before its first checkpoint,
+logs appended on resume, quiet non-main ranks, atomic artefacts."""
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from fairdarts.config import save_config
 from fairdarts.errors import UserError
 from fairdarts.run_dir import (
-    MetricsWriter, atomic_write_bytes, atomic_write_text, default_run_name, prepare_run_dir, progress, setup_logger,
+    LOCK, MetricsWriter, atomic_write_bytes, atomic_write_text, claim_run_dir, default_run_name, prepare_run_dir,
+    progress, run_folder_state, setup_logger,
 )
+from fairdarts.train.config import TrainConfig
 
 
 def test_prepare_creates_and_refuses_to_overwrite(tmp_path):
     run = prepare_run_dir(tmp_path / "a" / "b", resume=False)
-    assert run.is_dir() and not any(run.iterdir())  # the writability probe cleans up after itself
+    assert run.is_dir() and [p.name for p in run.iterdir()] == [LOCK]  # the probe cleans up; the lock file stays
     assert prepare_run_dir(run, resume=False) == run  # empty: fine
-    (run / "log.txt").write_text("x")
-    with pytest.raises(UserError, match=rf"already exists and is not empty; pass --resume {re.escape(str(run))}"):
+    (run / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(UserError, match=rf"already holds a run \(checkpoint.pt\); pass --resume {re.escape(str(run))}"):
         prepare_run_dir(run, resume=False)
     assert prepare_run_dir(run, resume=True) == run
-    assert (run / "log.txt").read_text() == "x"
+    assert (run / "checkpoint.pt").read_bytes() == b"x"
+
+
+def test_a_folder_of_other_files_is_refused_untouched(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "log.txt").write_text("my notes\n")  # not a log of ours
+    (folder / "images").mkdir()
+    with pytest.raises(UserError, match=r"holds files that are not a run's \(images, log.txt\).*is reused"):
+        prepare_run_dir(folder, resume=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "log.txt"]  # not even a lock file
+
+
+def test_a_run_that_died_before_its_first_checkpoint_leaves_a_reusable_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(TrainConfig(save=str(run)), run / "config.yaml")
+    (run / "log.txt").write_text("2024-01-01 00:00:00 train config: ...\n")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"e")
+    (run / ".checkpoint.pt.tmp-123").write_bytes(b"half")
+    assert run_folder_state(run)[0] == "dead"
+    path, lock, note = claim_run_dir(run, resume=False)
+    try:
+        assert "reusing run folder" in note and "before its first checkpoint" in note
+        assert sorted(p.name for p in run.iterdir()) == [LOCK, "log.txt"]  # the log is kept, the rest removed
+    finally:
+        lock.release()
+    (run / "notes.md").write_text("mine")
+    assert run_folder_state(run) == ("foreign", ["notes.md"])
+
+
+def test_the_lock_keeps_a_second_writer_out_and_dies_with_its_holder(tmp_path):
+    run = tmp_path / "run"
+    path, lock, _ = claim_run_dir(run, resume=False)
+    try:
+        with pytest.raises(UserError, match=rf"in use by another run \(PID {os.getpid()}\)"):
+            claim_run_dir(run, resume=True)
+        with pytest.raises(UserError, match="in use by another run"):
+            claim_run_dir(run, resume=False)
+    finally:
+        lock.release()
+    # a holder killed with SIGKILL: the kernel drops its lock, the next run takes it over
+    code = (f"import os, time, fcntl; fd = os.open({str(run / LOCK)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"PID {holder.pid}"):
+            claim_run_dir(run, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    _, lock, note = claim_run_dir(run, resume=True)
+    try:
+        assert note == f"the lock of PID {holder.pid}, which no longer runs, was taken over"
+        assert (run / LOCK).read_text().strip() == str(os.getpid())
+    finally:
+        lock.release()
 
 
 def test_unwritable_location_and_non_main_ranks(tmp_path):

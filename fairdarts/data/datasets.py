@@ -20,8 +20,10 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gzip
+import io
 import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -187,15 +189,26 @@ def _read_svhn(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
 
 
 # ----- MNIST, Fashion-MNIST: idx files -------------------------------------------------------
+#: Larger than any idx dataset (MNIST's training images are 45 MiB), small enough for memory.
+MAX_IDX_BYTES = 1 << 30
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """An idx file (gzip or plain) of unsigned bytes: big-endian ``magic`` (2051 images,
     2049 labels), whose last byte is the number of dimensions, then one 4-byte size each."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_IDX_BYTES + 1)
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: unreadable ({one_line(exc)}); download it again") from None
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                raw = stream.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: unreadable, the file is corrupt ({one_line(exc)}); download it again") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise UserError(f"{path}: more than {MAX_IDX_BYTES >> 20} MiB of data, larger than any idx dataset; is this "
+                        "the right file?")
+    if len(raw) < 4:
+        raise UserError(f"{path}: {len(raw)} bytes, too short for an idx file; download it again")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise UserError(f"{path}: idx magic number {found}, expected {magic}; is this the right file?")
@@ -279,11 +292,48 @@ def resize_images(data: InMemoryImages, image_size: int, chunk: int = 4096) -> I
 
 
 # ----- ImageNet and ImageFolder trees ---------------------------------------------------------
+@dataclass(frozen=True)
+class SkippedImage:
+    """What :class:`TolerantImageFolder` gives for an image it cannot read: the loaders leave it
+    out of its batch and log one warning naming the file."""
+    path: str
+    reason: str
+
+
+def _tolerant_folder_class():
+    """The class, made on first use (torchvision is imported only when a folder is read) and
+    kept as a module attribute, so that it pickles for DataLoader workers by name."""
+    made = globals().get("TolerantImageFolder")
+    if made is not None:
+        return made
+    from torchvision import datasets
+
+    class TolerantImageFolder(datasets.ImageFolder):
+        """An ``ImageFolder`` where a corrupt or unreadable image is skipped, not fatal.
+
+        One bad JPEG among a million would otherwise kill the run mid-epoch (in a DataLoader
+        worker, with a traceback). The item becomes a :class:`SkippedImage`; the batch goes on
+        without it and the run logs ``skipping unreadable image PATH: reason`` once per file.
+        """
+
+        def __getitem__(self, index: int):  # type: ignore[override]
+            path = self.samples[index][0]
+            try:
+                return super().__getitem__(index)
+            except (OSError, ValueError, SyntaxError, MemoryError) as exc:  # PIL: UnidentifiedImageError, ...
+                return SkippedImage(str(path), one_line(exc)[:200] or type(exc).__name__)
+
+    TolerantImageFolder.__module__ = __name__
+    globals()["TolerantImageFolder"] = TolerantImageFolder
+    return TolerantImageFolder
+
+
 def load_image_folder(name: str, root: str | Path, split: Split, image_size: int | None = None) -> torch.utils.data.Dataset:
     """``root/train`` or ``root/val`` (else ``root/test``) as an ``ImageFolder`` with the DARTS
     ImageNet transforms; the dataset gets an ``info`` attribute like :class:`InMemoryImages`."""
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
+    TolerantImageFolder = _tolerant_folder_class()
     root = Path(root).expanduser()
     candidates = ["train"] if split == "train" else ["val", "test"]
     folder = next((root / c for c in candidates if (root / c).is_dir()), None)
@@ -302,7 +352,7 @@ def load_image_folder(name: str, root: str | Path, split: Split, image_size: int
         transform = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
                                         transforms.ToTensor(), normalize])
     try:
-        dataset = datasets.ImageFolder(str(folder), transform=transform)
+        dataset = TolerantImageFolder(str(folder), transform=transform)
     except FileNotFoundError as exc:
         raise UserError(f"{folder} holds no images: {one_line(exc)} Put one sub-folder of images per class in it") from None
     dataset.info = DatasetInfo(name, len(dataset.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, tuple(dataset.classes))

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from fairdarts.data.augment import BatchAugment
-from fairdarts.data.datasets import InMemoryImages
+from fairdarts.data.datasets import InMemoryImages, SkippedImage
 from fairdarts.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
@@ -166,6 +167,19 @@ class _SkipSampler(Sampler[int]):
         return max(len(self.inner) - self.skip, 0)
 
 
+_WARNED: set[str] = set()  # unreadable images already reported by this process
+
+
+def collate_skipping(items: list) -> tuple[Tensor | None, Tensor | None, list[SkippedImage]]:
+    """``default_collate`` of the readable items, and the :class:`SkippedImage` ones apart."""
+    skipped = [item for item in items if isinstance(item, SkippedImage)]
+    kept = [item for item in items if not isinstance(item, SkippedImage)]
+    if not kept:
+        return None, None, skipped
+    x, y = default_collate(kept)
+    return x, y, skipped
+
+
 class TorchLoader(_Position):
     """A DataLoader over an on-disk dataset with :class:`InMemoryLoader`'s interface. The order
     is ``DistributedSampler``'s (a function of seed and epoch, on one rank too), so a position
@@ -185,7 +199,7 @@ class TorchLoader(_Position):
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device is not None and self.device.type == "cuda",
                                  drop_last=drop_last, persistent_workers=workers > 0,
-                                 generator=torch.Generator().manual_seed(seed))
+                                 generator=torch.Generator().manual_seed(seed), collate_fn=collate_skipping)
 
     def __len__(self) -> int:
         n = len(self.sampler.inner)
@@ -194,7 +208,14 @@ class TorchLoader(_Position):
     def __iter__(self) -> Iterator[Batch]:
         self.sampler.skip = self._start() * self.batch_size
         self.sampler.inner.set_epoch(self.epoch)
-        for x, y in self.loader:
+        for x, y, skipped in self.loader:
+            for item in skipped:
+                if item.path not in _WARNED:
+                    _WARNED.add(item.path)
+                    logging.getLogger("fairdarts").warning("skipping unreadable image %s: %s", item.path, item.reason)
+            if x is None:  # every image of the batch was unreadable
+                self.batch += 1
+                continue
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.batch += 1

@@ -19,11 +19,14 @@ from fairdarts.config import field_help, resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import resolve_device
-from fairdarts.errors import UserError
-from fairdarts.evaluation.evaluator import EvalResult, LoadedModel, evaluate, load_model, plot_confusion
+from fairdarts.errors import UserError, one_line
+from fairdarts.evaluation.evaluator import (
+    MANIFEST, EvalResult, LoadedModel, evaluate, load_model, nonfinite_tensors, plot_confusion,
+)
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
+from fairdarts.safe_io import check_outputs, check_writable
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 from fairdarts.train.config import DATASET_CHOICES
 
@@ -76,15 +79,50 @@ def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, devic
     return loader, info.num_classes, names
 
 
-def tensor_batches(path: str, batch_size: int, device: torch.device):
-    """Batches of a saved ``{'input', 'target'?, 'logits'?}`` file, and its reference logits."""
+def tensor_batches(path: str, batch_size: int, device: torch.device, meta: dict):
+    """Batches of a saved ``{'input', 'target'?, 'logits'?}`` file, and its reference logits; the
+    file is checked against the network (``meta``) first, so a bad one is one line, not a traceback."""
     blob = load_checkpoint(path)
     x = blob.get("input")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise UserError(f"--inputs {path}: expected an 'input' tensor [N, C, H, W]")
-    y = blob.get("target", torch.zeros(len(x), dtype=torch.long))
-    batches = [(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
-    return batches, blob.get("logits"), "target" in blob
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or len(x) == 0:
+        raise UserError(f"--inputs {path}: expected a non-empty float 'input' tensor [N, C, H, W] (normalised images)")
+    n, channels, size = len(x), meta["in_channels"], meta["image_size"]
+    if x.shape[1] != channels:
+        raise UserError(f"--inputs {path}: 'input' has shape {list(x.shape)}; the network takes [N, {channels}, H, W] "
+                        f"images (trained at {size} x {size})")
+    if not bool(torch.isfinite(x).all()):
+        raise UserError(f"--inputs {path}: 'input' holds NaN or infinite values")
+    k = meta["num_classes"]
+    y = blob.get("target", torch.zeros(n, dtype=torch.long))
+    if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.is_floating_point() or y.is_complex() \
+            or (n and (int(y.min()) < 0 or int(y.max()) >= k)):
+        raise UserError(f"--inputs {path}: 'target' must be {n} integer labels in 0..{k - 1}")
+    reference = blob.get("logits")
+    if reference is not None and (not isinstance(reference, torch.Tensor) or tuple(reference.shape) != (n, k)):
+        raise UserError(f"--inputs {path}: 'logits' must be a [{n}, {k}] tensor")
+    y = y.long()
+    batches = [(x[i:i + batch_size].float().to(device), y[i:i + batch_size].to(device))
+               for i in range(0, n, batch_size)]
+    return batches, reference, "target" in blob
+
+
+def _outputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
+    export = (cfg.export_path or str(Path(cfg.model_path).with_suffix(".onnx"))) if cfg.export else None  # type: ignore[arg-type]
+    return [("--confusion", cfg.confusion), ("--dump_logits", cfg.dump_logits),
+            ("--export_path" if cfg.export_path else "--export (beside the checkpoint)", export)]
+
+
+def check_paths(cfg: EvalConfig) -> None:
+    """Before any work: no output may replace an input (the checkpoint, --inputs, --arch, the
+    manifest) or another output, and every output's folder must be writable."""
+    arch = cfg.arch if cfg.arch and Path(cfg.arch).is_file() else None
+    inputs = [("--model_path", cfg.model_path), ("--inputs", cfg.inputs), ("--arch", arch),
+              ("manifest", str(MANIFEST) if MANIFEST.is_file() else None)]
+    outputs = _outputs(cfg)
+    check_outputs(outputs, inputs)
+    for flag, path in outputs:
+        if path is not None:
+            check_writable(path, flag)
 
 
 def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
@@ -112,16 +150,21 @@ def report(result: EvalResult, names: list[str] | None, per_class: bool, threads
 def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), PROG, DESCRIPTION)
+    check_paths(cfg)
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model_path, cfg.arch, cfg.init_channels, cfg.layers)  # type: ignore[arg-type]
+    bad = nonfinite_tensors(loaded.model.state_dict())
+    if bad:
+        raise UserError(f"{cfg.model_path} holds NaN or infinite weights in {len(bad)} tensors ({', '.join(bad[:3])}): "
+                        "the run that wrote it diverged; evaluate an earlier checkpoint")
     shape = print_cost(loaded)
     model = loaded.model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     names = None
     if cfg.inputs:
-        batches, reference, has_target = tensor_batches(cfg.inputs, cfg.batch_size, device)
+        batches, reference, has_target = tensor_batches(cfg.inputs, cfg.batch_size, device, loaded.meta)
         num_classes = loaded.meta["num_classes"]
     else:
         dataset = cfg.dataset or loaded.dataset or "cifar10"
@@ -130,8 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if num_classes != loaded.meta["num_classes"]:
             raise UserError(f"the network has {loaded.meta['num_classes']} classes, the {dataset} test set {num_classes}")
     batches = progress(batches, total=len(batches), desc="test", enabled=cfg.progress)
-    result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,
-                      amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
+    try:
+        result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,
+                          amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
+    except RuntimeError as exc:
+        if not cfg.inputs:
+            raise
+        raise UserError(f"--inputs {cfg.inputs}: the network cannot take these images: {one_line(exc)[:200]}") from None
     if has_target:
         report(result, names, cfg.per_class, threads)
     else:
@@ -151,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def export(cfg: EvalConfig, loaded: LoadedModel, shape: tuple[int, ...]) -> None:
-    path = Path(cfg.export_path or Path(cfg.model_path).with_suffix(".onnx"))  # type: ignore[arg-type]
+    path = Path(_outputs(cfg)[-1][1])  # type: ignore[arg-type]
     model = loaded.model.cpu().float().eval()
     example = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
     export_onnx(model, example, path)

@@ -14,6 +14,7 @@ A state dict that does not fit the genotype fails with one line naming the first
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ import yaml
 from torch import Tensor, nn
 
 from fairdarts.checkpoint import load_checkpoint
-from fairdarts.errors import UserError
+from fairdarts.errors import UserError, one_line
+from fairdarts.run_dir import atomic_write_bytes
+from fairdarts.safe_io import load_yaml, read_text_limited
 from fairdarts.search_space import Genotype, genotype_from_dict, get_genotype
 from fairdarts.train.step import autocast, topk_correct
 from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta
@@ -48,7 +51,14 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, dict[str, Any]]:
     """The published checkpoints by file name (empty when the manifest is absent)."""
     if not path.is_file():
         return {}
-    return (yaml.safe_load(path.read_text()) or {}).get("models", {})
+    try:
+        data = load_yaml(read_text_limited(path, "manifest"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {one_line(exc)}") from None
+    models = data.get("models", {}) if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise UserError(f"{path}: expected a 'models:' mapping of file name to entry")
+    return models
 
 
 def missing_file_hint(path: Path, manifest: dict[str, dict[str, Any]]) -> str | None:
@@ -128,6 +138,11 @@ def load_model(path: str | Path, arch: str | None = None, init_channels: int | N
                         f"layers={meta['layers']}: {mismatch}")
     model.load_state_dict(state, strict=True)
     return LoadedModel(model.eval(), genotype, meta, dataset, source)
+
+
+def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or infinite values."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _arch_label(arch: str | None, genotype: Genotype) -> str:
@@ -220,5 +235,10 @@ def plot_confusion(confusion: Tensor, path: Path, class_names: list[str] | None 
                 ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    atomic_write_bytes(path, buffer.getvalue())

@@ -18,7 +18,7 @@ import torch
 from fairdarts.config import resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import cleanup_distributed, init_distributed
-from fairdarts.resume import open_run, resume_config
+from fairdarts.resume import flag_value, open_run, resume_config, write_run_config
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
 from fairdarts.search.searcher import Searcher, build_data
 from fairdarts.threads import set_threads
@@ -44,17 +44,19 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
     dist = init_distributed(cfg.device)
     try:
         data = build_data(cfg, dist)  # missing data fails here, before a run folder is created
-        cfg, run_dir, logger = open_run(cfg, "search", ckpt is not None, dist)
-        if cfg.aux_loss_weight and cfg.gate == "softmax":
-            logger.info("note: the zero-one loss is defined on sigmoid gates; --aux_loss_weight %s is not used "
-                        "with --gate softmax", cfg.aux_loss_weight)
-        logger.info("search config: %s", dataclasses.asdict(cfg))
-        logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
-        searcher = searcher_cls(cfg, run_dir, dist, logger, data)
-        if ckpt is not None:
-            searcher.resume(ckpt)
-        searcher.run()
-        logger.info("run folder: %s", run_dir)
+        inputs = [("--config", flag_value(argv, "--config"))]
+        with open_run(cfg, "search", ckpt, dist, inputs) as (cfg, run_dir, logger):
+            if cfg.aux_loss_weight and cfg.gate == "softmax":
+                logger.info("note: the zero-one loss is defined on sigmoid gates; --aux_loss_weight %s is not used "
+                            "with --gate softmax", cfg.aux_loss_weight)
+            logger.info("search config: %s", dataclasses.asdict(cfg))
+            logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
+            searcher = searcher_cls(cfg, run_dir, dist, logger, data)
+            if ckpt is not None:
+                searcher.resume(ckpt)
+            write_run_config(cfg, run_dir, dist)  # after the checkpoint loaded: a failed resume keeps the old file
+            searcher.run()
+            logger.info("run folder: %s", run_dir)
     finally:
         cleanup_distributed()
     return 0

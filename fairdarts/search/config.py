@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fairdarts.config import field_help
+from fairdarts.config import SEED_MAX, field_help
 from fairdarts.errors import UserError
 from fairdarts.search.architect import HESSIAN_MODES
 from fairdarts.search.losses import SEP_LOSSES
@@ -74,7 +74,7 @@ class SearchConfig:
         choices=METHODS + MOBILE_METHODS)
     op_threshold: float = field_help(0.85, "gate threshold of the threshold_* parse methods", low=0.0, high=1.0)
     # ----- run -------------------------------------------------------------------------
-    seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0)
+    seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0, high=SEED_MAX)
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")

@@ -10,9 +10,13 @@ space, the primitives and the default method and threshold. Prints the official
 ``Genotype(...)`` text (a one-line layer list for S2); ``--out`` also writes the JSON that
 ``get_genotype`` reads. A threshold rule that leaves a cell empty (no gate reached the
 threshold) is warned about on stderr, with the gate range found and the two remedies.
+``--out`` never replaces one of its inputs, nor a file of a search run folder
+(``genotype.json``, the gate weights...): a re-derived genotype goes beside them under a name of
+its own. Gate values that are NaN or infinite (a diverged search) are refused.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +26,9 @@ import numpy as np
 from fairdarts.config import load_config_file
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
-from fairdarts.run_dir import atomic_write_text
+from fairdarts.run_dir import LOCK, RUN_FILES, RUN_FOLDERS, atomic_write_text
+from fairdarts.safe_io import check_outputs, check_writable
+from fairdarts.search.artifacts import load_gate_weights
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.spaces import CellSpace, MobileSpace, load_gates, space_of
 from fairdarts.search_space import (
@@ -46,21 +52,29 @@ def build_parser() -> CLIParser:
     return p
 
 
-def _load_weights(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise UserError(f"{path} not found; a search run folder holds normal_weight.npy and reduce_weight.npy")
-    try:
-        w = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} as a .npy array: {exc}") from None
-    if w.ndim != 2:
-        raise UserError(f"{path} holds an array of shape {w.shape}; expected edges x ops (e.g. 14 x 7)")
-    return w
+def _check_out(out: Path, inputs: list[tuple[str, Path]]) -> None:
+    """``--out`` may replace neither an input nor a file that a search run folder owns."""
+    check_outputs([("--out", out)], inputs)
+    resolved = Path(os.path.abspath(out)).resolve()
+    for folder in (resolved.parent, resolved.parent.parent):
+        if (folder / "config.yaml").is_file() or (folder / "checkpoint.pt").is_file():
+            first = resolved.relative_to(folder).parts[0]
+            if first in RUN_FILES or first in RUN_FOLDERS or first == LOCK:
+                raise UserError(f"--out {out} is one of the run folder {folder}'s own files; write the derived "
+                                "genotype elsewhere (e.g. --out derived.json)")
+    check_writable(out, "--out")
+
+
+def _inputs(source: Path, *files: Path) -> list[tuple[str, Path]]:
+    """What this command reads: the gate files and, beside them, the run's config.yaml."""
+    folder = source if source.is_dir() else source.parent
+    found = [("source", f) for f in files]
+    return found + ([("run config", folder / "config.yaml")] if (folder / "config.yaml").is_file() else [])
 
 
 def _run_config(folder: Path) -> SearchConfig | None:
     path = folder / "config.yaml"
-    return load_config_file(SearchConfig, path) if path.is_file() else None
+    return load_config_file(SearchConfig, path, ignore_unknown=True) if path.is_file() else None
 
 
 def _default_primitives(n_ops: int) -> tuple[str, ...]:
@@ -76,7 +90,7 @@ def _mobile(source: Path, cfg: SearchConfig | None) -> list[np.ndarray] | None:
         return load_gates(source, space_of(cfg)) if cfg is not None and space_of(cfg).name == "mobile" else None
     if source.name != "mobile_weight.npy":
         return None
-    w = _load_weights(source)
+    w = load_gate_weights(source)
     if w.shape[1] not in (len(mobile_primitives(False)), len(mobile_primitives(True))):
         raise UserError(f"{source} has {w.shape[1]} op columns; a mobile search has 6 (or 7 with skip)")
     return [w]
@@ -93,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         method = args.parse_method or (cfg.method if cfg else space.default_method)
         if method not in space.methods:
             raise UserError(f"--parse_method {method} does not apply to a mobile search; use argmax or threshold")
+        if args.out:
+            files = [source / "mobile_weight.npy"] if source.is_dir() else [source]
+            _check_out(Path(args.out), _inputs(source, *files))
         genotype = space.derive(mobile, method, threshold)
         print(genotype.to_text())
         if args.out:
@@ -100,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     normal_path = source / "normal_weight.npy" if source.is_dir() else source
     reduce_path = Path(args.reduce) if args.reduce else normal_path.parent / "reduce_weight.npy"
-    normal, reduce = _load_weights(normal_path), _load_weights(reduce_path)
+    normal, reduce = load_gate_weights(normal_path), load_gate_weights(reduce_path)
     if normal.shape != reduce.shape:
         raise UserError(f"normal weights {normal.shape} and reduce weights {reduce.shape} differ in shape")
+    if args.out:
+        _check_out(Path(args.out), _inputs(source, normal_path, reduce_path))
 
     if args.primitives:
         primitives = resolve_primitives(args.primitives)

@@ -19,7 +19,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from fairdarts.errors import UserError
-from fairdarts.search.artifacts import edge_labels
+from fairdarts.search.artifacts import edge_labels, load_gate_weights
 from fairdarts.search_space import (
     METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive, derive_mobile, derived_form,
     empty_cell_advice, genotypes_with_edges, mobile_primitives, resolve_primitives,
@@ -156,11 +156,8 @@ def load_gates(folder: Path, space: SearchSpace) -> list[np.ndarray]:
         if not path.is_file():
             raise UserError(f"{path} not found; a {space.name} search run folder holds "
                             f"{', '.join(g + '_weight.npy' for g in space.groups)}")
-        try:
-            w = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path} as a .npy array: {exc}") from None
-        if w.ndim != 2 or w.shape[1] != len(space.primitives):
+        w = load_gate_weights(path)  # size-limited, finite real numbers
+        if w.shape[1] != len(space.primitives):
             raise UserError(f"{path} holds an array of shape {w.shape}; expected rows x {len(space.primitives)} ops")
         gates.append(w)
     return gates

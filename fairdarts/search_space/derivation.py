@@ -40,6 +40,10 @@ def derive(weights: Any, primitives: Sequence[str], method: str = "darts",
     if W.shape != (n_edges, len(primitives)):
         raise UserError(f"architecture weights have shape {W.shape}; expected ({n_edges}, {len(primitives)}) "
                         f"for {steps} steps and {len(primitives)} ops")
+    if not np.isfinite(W).all():
+        bad = int((~np.isfinite(W)).sum())
+        raise UserError(f"the architecture weights hold {bad} NaN or infinite values of {W.size}: the search that "
+                        "wrote them diverged, no genotype can be derived from them")
     if method not in METHODS:
         raise UserError(f"unknown parse method {method!r}; use one of {', '.join(METHODS)}")
     if method != "darts":

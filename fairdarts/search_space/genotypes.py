@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from fairdarts.errors import UserError
+from fairdarts.safe_io import read_text_limited
 from fairdarts.search_space.mobile_genotype import MobileGenotype, mobile_genotype_from_dict
 from fairdarts.search_space.operations import OPS
 
@@ -219,7 +220,8 @@ def _literal(node: ast.AST) -> Any:
     """A literal, allowing ``range(a, b)`` (the official repr of a concat)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
         args = [ast.literal_eval(a) for a in node.args]
-        if not (1 <= len(args) <= 2 and all(isinstance(a, int) for a in args)) or node.keywords:
+        if not (1 <= len(args) <= 2 and all(isinstance(a, int) for a in args)) or node.keywords \
+                or len(range(*args)) > 64:  # a concat lists a few nodes; range(10**12) would fill memory
             raise ValueError("bad range()")
         return list(range(*args))
     return ast.literal_eval(node)
@@ -229,6 +231,8 @@ def parse_genotype_text(text: str) -> Genotype:
     """Parse ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
+    except (RecursionError, MemoryError):
+        raise UserError("cannot parse genotype text: it is nested too deeply") from None
     except SyntaxError as exc:
         raise UserError(f"cannot parse genotype text: {exc.msg} at column {exc.offset}") from None
     call = tree.body
@@ -262,16 +266,15 @@ def _from_path(path: Path) -> "Genotype | MobileGenotype":
             if candidate.is_file():
                 return _from_path(candidate)
         raise UserError(f"{path} is a folder without genotype.json; pass a search run folder, a genotype JSON or a name")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read genotype file {path}: {exc}") from None
+    text = read_text_limited(path, "genotype file")
     if text.lstrip().startswith("Genotype"):
         return parse_genotype_text(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is neither genotype JSON nor Genotype(...) text: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: the genotype JSON is nested too deeply") from None
     if isinstance(data, dict) and "genotype" in data and isinstance(data["genotype"], dict):
         data = data["genotype"]
     return genotype_from_dict(data)
@@ -292,6 +295,8 @@ def get_genotype(spec: "str | Path | Genotype | MobileGenotype") -> "Genotype | 
             return genotype_from_dict(json.loads(spec_str))
         except json.JSONDecodeError as exc:
             raise UserError(f"genotype JSON is malformed: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise UserError("genotype JSON is nested too deeply") from None
     path = Path(spec_str)
     if path.exists():
         return _from_path(path)

@@ -18,10 +18,10 @@ import torch
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.config import resolve_config
 from fairdarts.distributed import cleanup_distributed, init_distributed
-from fairdarts.resume import open_run, resume_config
+from fairdarts.resume import flag_value, open_run, resume_config, write_run_config
 from fairdarts.train.config import RESUME_OVERRIDABLE, TrainConfig
 from fairdarts.threads import set_threads
-from fairdarts.train.trainer import Trainer, resolve_arch
+from fairdarts.train.trainer import Trainer, build_data, resolve_arch
 
 PROG = "train.py"
 DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair DARTS settings)"
@@ -40,17 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     genotype = resolve_arch(cfg)  # a bad --arch fails before any folder is made
     dist = init_distributed(cfg.device)
     try:
-        cfg, run_dir, logger = open_run(cfg, "train", ckpt is not None, dist)
-        logger.info("train config: %s", dataclasses.asdict(cfg))
-        logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
-        trainer = Trainer(cfg, genotype, run_dir, dist, logger)
-        logger.info("genotype: %s", trainer.genotype.to_text())
-        logger.info("network: %s, %.3fM parameters (auxiliary head included)", trainer.meta,
-                    sum(p.numel() for p in trainer.net.parameters()) / 1e6)
-        if ckpt is not None:
-            trainer.resume(ckpt)
-        trainer.run()
-        logger.info("run folder: %s", run_dir)
+        data = build_data(cfg, dist)  # so does missing data, and an --accum_steps the batch cannot take
+        inputs = [("--config", flag_value(argv, "--config")), ("--arch", cfg.arch)]
+        with open_run(cfg, "train", ckpt, dist, inputs) as (cfg, run_dir, logger):
+            logger.info("train config: %s", dataclasses.asdict(cfg))
+            logger.info("intra-op CPU threads: %d (--threads)", torch.get_num_threads())
+            trainer = Trainer(cfg, genotype, run_dir, dist, logger, data)
+            logger.info("genotype: %s", trainer.genotype.to_text())
+            logger.info("network: %s, %.3fM parameters (auxiliary head included)", trainer.meta,
+                        sum(p.numel() for p in trainer.net.parameters()) / 1e6)
+            if ckpt is not None:
+                trainer.resume(ckpt)
+            write_run_config(cfg, run_dir, dist)  # after the checkpoint loaded: a failed resume keeps the old file
+            trainer.run()
+            logger.info("run folder: %s", run_dir)
     finally:
         cleanup_distributed()
     return 0

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from fairdarts.config import field_help
+from fairdarts.config import SEED_MAX, field_help
 from fairdarts.errors import UserError
 from fairdarts.search_space import METHODS, MOBILE_METHODS, MobileGenotype, get_genotype
 from fairdarts.threads import HELP as THREADS_HELP
@@ -107,7 +107,7 @@ class TrainConfig:
     compile: bool = field_help(False, "torch.compile the network")
     sync_bn: bool = field_help(False, "SyncBatchNorm across torchrun ranks (CUDA only)")
     # ----- run -------------------------------------------------------------------------
-    seed: int = field_help(0, "random seed (weights, data order, augmentation, drop path)", low=0)
+    seed: int = field_help(0, "random seed (weights, data order, augmentation, drop path)", low=0, high=SEED_MAX)
     save: str | None = field_help(None, "run folder (default runs/train-<timestamp>)")
     resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")

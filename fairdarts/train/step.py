@@ -74,6 +74,9 @@ class TrainStep:
 
     def __call__(self, batch: Batch) -> StepResult:
         x, y = batch
+        if len(y) < 2:  # BatchNorm in training mode cannot normalise one image: no step (see build_data)
+            none = torch.zeros((), dtype=torch.long, device=self.device)
+            return StepResult(torch.zeros((), device=self.device), none, none.clone(), 0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
@@ -82,8 +85,10 @@ class TrainStep:
         c5 = torch.zeros((), dtype=torch.long, device=self.device)
         # Strided micro-batches: micro-batch i of one process holds what rank i of a
         # ``torchrun`` run with the same global batch holds (the loaders interleave ranks).
-        k = self.accum_steps
-        chunks = [(x[i::k], y[i::k]) for i in range(min(k, len(y)))]
+        # A short last batch is cut into fewer micro-batches, of 2 images at least: BatchNorm in
+        # training mode cannot normalise one (--accum_steps is checked against the full batch).
+        k = max(1, min(self.accum_steps, len(y) // 2))
+        chunks = [(x[i::k], y[i::k]) for i in range(k)]
         for i, (xc, yc) in enumerate(chunks):
             last = i == len(chunks) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()

@@ -6,6 +6,9 @@ it as "valid"; ``--eval_every N`` / ``--test_subset N`` make that pass rarer / s
 TensorBoard scalars, an atomic ``checkpoint.pt`` and, when test top-1 improved,
 ``model_best.pt``. Both hold the genotype, the network sizes and the dataset, so that
 ``evaluate.py --model_path`` needs no other flag, and ``state_dict`` under the official key.
+The checkpoint also carries the best epoch's weights (``None`` when the last epoch is the best)
+and is written first: ``model_best.pt`` is derived from it, and a resume rewrites it when a
+kill between the two writes left an older one behind.
 
 Resume restarts at the epoch after the last checkpoint with the optimizer, GradScaler and RNG
 states restored; the data order and augmentation are functions of (seed, epoch, batch), so a
@@ -32,11 +35,13 @@ from torch import nn
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import DistContext, all_reduce_sum_
-from fairdarts.errors import UserError
+from fairdarts.errors import UserError, one_line
 from fairdarts.guards import NonFiniteGuard
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
+from fairdarts.safe_io import load_yaml, read_text_limited
+from fairdarts.search.artifacts import load_gate_weights
 from fairdarts.search.spaces import CellSpace, load_gates, make_space
 from fairdarts.search_space import Genotype, MobileGenotype, empty_cell_advice, get_genotype, resolve_primitives
 from fairdarts.train.config import TrainConfig
@@ -80,7 +85,7 @@ def _gate_weights(folder: Path) -> list[np.ndarray]:
     for name in ("normal_weight.npy", "reduce_weight.npy"):
         if not (folder / name).is_file():
             raise UserError(f"--parse_method needs {folder / name} (the search's final gate values)")
-        weights.append(np.load(folder / name, allow_pickle=False))
+        weights.append(load_gate_weights(folder / name))
     return weights
 
 
@@ -99,7 +104,11 @@ def _refuse_empty(folder: Path, genotype: Genotype, method: str, op_threshold: f
 def _run_setting(folder: Path, key: str, default: Any) -> Any:
     """One option of the search run's ``config.yaml`` (``default`` when it is absent)."""
     path = folder / "config.yaml"
-    value = (yaml.safe_load(path.read_text()) or {}).get(key) if path.is_file() else None
+    try:
+        data = load_yaml(read_text_limited(path, "config file")) if path.is_file() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {one_line(exc)}") from None
+    value = data.get(key) if isinstance(data, dict) else None
     return default if value is None else value
 
 
@@ -119,6 +128,7 @@ class TrainData:
     in_channels: int
     image_size: int
     info: Any
+    dropped_single: bool = False  # the last training batch of one image is dropped (see build_data)
 
 
 def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
@@ -128,21 +138,29 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
     train, test = _first(train, cfg.subset), _first(test, cfg.test_subset)
     info = train.info if hasattr(train, "info") else train.dataset.info
     per_rank = dist.per_rank_batch(cfg.batch_size)
+    if per_rank < 2 * cfg.accum_steps:
+        raise UserError(f"--accum_steps {cfg.accum_steps} splits each rank's batch of {per_rank} images into "
+                        "micro-batches of fewer than 2 images, which BatchNorm cannot normalise in training mode; "
+                        f"use --accum_steps {max(1, per_rank // 2)} or less")
+    # A last batch of one image: BatchNorm in training mode (the auxiliary head's, 1 x 1 pixels)
+    # cannot normalise a single value, so that image is dropped, as drop_last would.
+    drop_single = math.ceil(len(train) / dist.world_size) % per_rank == 1
     if isinstance(train, InMemoryImages):
         cutout = cfg.cutout_length if cfg.cutout else 0
         aug = BatchAugment(info.mean, info.std, crop_padding=4 if cfg.augment else 0, flip=cfg.augment,
                            cutout_length=cutout, auto_augment=cfg.auto_aug)
         plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
         kw = dict(batch_size=per_rank, device=dist.device, rank=dist.rank, world_size=dist.world_size)
-        train_loader = InMemoryLoader(train, list(range(len(train))), shuffle=True, augment=aug, seed=cfg.seed, **kw)
+        train_loader = InMemoryLoader(train, list(range(len(train))), shuffle=True, augment=aug, seed=cfg.seed,
+                                      drop_last=drop_single, **kw)
         test_loader = InMemoryLoader(test, list(range(len(test))), shuffle=False, augment=plain, seed=cfg.seed, **kw)
     else:
         kw = dict(batch_size=per_rank, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
                   device=dist.device)
-        train_loader = make_dataloader(train, shuffle=True, seed=cfg.seed, drop_last=False, **kw)
+        train_loader = make_dataloader(train, shuffle=True, seed=cfg.seed, drop_last=drop_single, **kw)
         test_loader = make_dataloader(test, shuffle=False, seed=cfg.seed, drop_last=False, **kw)
     size = cfg.image_size or info.image_size
-    return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info)
+    return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info, drop_single)
 
 
 def _first(data: Any, n: int | None) -> Any:
@@ -207,10 +225,13 @@ class Trainer:
     """Everything one run holds; :meth:`run` trains from the start or from a checkpoint."""
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype | MobileGenotype, run_dir: Path, dist: DistContext,
-                 logger: logging.Logger):
+                 logger: logging.Logger, data: TrainData | None = None):
         self.cfg, self.genotype, self.run_dir, self.dist, self.log = cfg, genotype, run_dir, dist, logger
         seed_everything(cfg.seed)
-        self.data = build_data(cfg, dist)
+        self.data = data if data is not None else build_data(cfg, dist)
+        if self.data.dropped_single:
+            logger.info("note: the last training batch of every epoch would hold one image, which BatchNorm cannot "
+                        "normalise in training mode; it is dropped")
         if isinstance(genotype, MobileGenotype):
             self.meta = mobile_meta(self.data.num_classes, self.data.in_channels, self.data.image_size,
                                     cfg.width_mult, cfg.dropout)
@@ -229,6 +250,9 @@ class Trainer:
                               cfg.accum_steps, cfg.amp, cfg.amp_dtype, cfg.channels_last, self.guard)
         self.start_epoch = 0
         self.best_top1 = -math.inf
+        self.best_epoch = 0  # epochs done when the best test top-1 was reached; 0: none yet
+        self.best_metrics: dict[str, float] = {}
+        self.best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy, once the best is not the last epoch
         self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
         if cfg.amp and dist.device.type != "cuda":
             logger.info("note: --amp acts on CUDA only; this run on %s uses float32", dist.device)
@@ -243,17 +267,26 @@ class Trainer:
             "scaler": self.step.scaler.state_dict(),
             "rng": capture_rng_state(),
             "best_acc_top1": self.best_top1,
+            # The best weights travel in the checkpoint (None: they are this state_dict), so
+            # model_best.pt can always be rebuilt from it: see write_best / repair_best.
+            "best": {"epoch": self.best_epoch, "acc_top1": self.best_top1, "metrics": self.best_metrics,
+                     "state_dict": None if self.best_epoch == epochs_done else self.best_weights},
             "metrics": metrics,
             "config": dataclasses.asdict(self.cfg),
             "genotype": self.genotype.to_dict(),
             "network": self.meta,
-            "dataset": {"name": self.cfg.dataset, "num_classes": self.data.num_classes,
-                        "mean": list(self.data.info.mean), "std": list(self.data.info.std)},
+            "dataset": self._dataset_meta(),
         }
+
+    def _dataset_meta(self) -> dict[str, Any]:
+        return {"name": self.cfg.dataset, "num_classes": self.data.num_classes,
+                "mean": list(self.data.info.mean), "std": list(self.data.info.std)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint is not a retraining checkpoint ({CHECKPOINT_FORMAT}); cannot resume from it")
+        if "optimizer" not in state:
+            raise UserError(f"this file holds best weights only, not a resumable state; resume from {CHECKPOINT}")
         try:
             self.net.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -264,11 +297,51 @@ class Trainer:
             self.step.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
         self.best_top1 = float(state["best_acc_top1"])
+        best = state.get("best")  # absent in checkpoints of earlier versions
+        if isinstance(best, dict):
+            self.best_epoch = int(best["epoch"])
+            self.best_metrics = dict(best.get("metrics") or {})
+            weights = best.get("state_dict")
+            self.best_weights = (weights if weights is not None or not self.best_epoch
+                                 else {k: v.detach().cpu().clone() for k, v in state["state_dict"].items()})
         restore_rng_state(state["rng"])
 
     def resume(self, path: Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
+        if self.dist.is_main:
+            self.repair_best()
+
+    # ----- best weights --------------------------------------------------------------------
+    def best_state(self) -> dict[str, Any]:
+        """``model_best.pt``: the best epoch's weights with what evaluate.py needs, and no optimizer."""
+        weights = self.best_weights if self.best_weights is not None else self.net.state_dict()
+        return {"format": CHECKPOINT_FORMAT, "epoch": self.best_epoch, "state_dict": weights,
+                "best_acc_top1": self.best_top1, "metrics": self.best_metrics,
+                "config": dataclasses.asdict(self.cfg), "genotype": self.genotype.to_dict(), "network": self.meta,
+                "dataset": self._dataset_meta()}
+
+    def write_best(self) -> None:
+        save_checkpoint(self.best_state(), self.run_dir / BEST)
+
+    def repair_best(self) -> None:
+        """Rewrite ``model_best.pt`` from the checkpoint when it is missing, unreadable or of another
+        epoch than the checkpoint's best (a kill between the two writes leaves it behind)."""
+        if not self.best_epoch or self.best_weights is None:
+            return
+        path = self.run_dir / BEST
+        held: Any = None
+        if path.is_file():
+            try:
+                held = load_checkpoint(path).get("epoch")
+            except UserError:
+                held = "unreadable"
+        if held == self.best_epoch:
+            return
+        self.write_best()
+        self.log.info("%s repaired: it held %s, the checkpoint's best is epoch %d (test top-1 %.2f)", BEST,
+                      "nothing" if held is None else (held if held == "unreadable" else f"epoch {held}"),
+                      self.best_epoch, self.best_top1)
 
     # ----- loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -340,10 +413,12 @@ class Trainer:
                          ("lr", "lr"), ("drop_path_prob", "drop_path_prob")):
             if key in m:
                 self.writer.add_scalar(tag, m[key], epoch)
-        state = self.state_dict(epoch + 1, m)
-        save_checkpoint(state, self.run_dir / CHECKPOINT)
         if improved:
-            save_checkpoint(state, self.run_dir / BEST)
+            self.best_epoch, self.best_metrics = epoch + 1, dict(m)
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        save_checkpoint(self.state_dict(epoch + 1, m), self.run_dir / CHECKPOINT)  # first: it holds the best too
+        if improved:
+            self.write_best()  # a kill before this line leaves the old file: resume repairs it
 
 
 def _means(sums: torch.Tensor) -> tuple[float, float, float]:

@@ -2,7 +2,8 @@
 a non-zero exit, no traceback, and every file that was there before left byte-identical.
 
 Each row names the command, its arguments (``{d}`` is the row's own scratch folder), what to
-put in that folder first, and a word the message must contain.
+put in that folder first, and a word the message must contain. A command that would start a
+run in ``{d}/out`` must fail before making it: nothing is written before the inputs are valid.
 """
 from __future__ import annotations
 
@@ -97,7 +98,78 @@ def _bad_node(d: Path) -> None:
 
 def _existing_run(d: Path) -> None:
     (d / "run").mkdir()
-    (d / "run" / "log.txt").write_text("a finished run\n")
+    (d / "run" / "log.txt").write_text("2024-01-01 00:00:00 a finished run\n")
+    (d / "run" / "checkpoint.pt").write_bytes(b"a checkpoint")
+
+
+def _foreign_folder(d: Path) -> None:
+    (d / "data").mkdir()
+    (d / "data" / "log.txt").write_text("my own notes\n")
+    (d / "data" / "images.bin").write_bytes(b"x")
+
+
+def _dead_run(d: Path) -> None:
+    run = d / "run"
+    run.mkdir()
+    save_config(SearchConfig(save=str(run)), run / "config.yaml")
+    (run / "log.txt").write_text("2024-01-01 00:00:00 search config: ...\n")
+
+
+def _darts_run(d: Path) -> None:
+    """A darts/train_search.py run folder (its config has the ablation options)."""
+    from darts.config import DartsSearchConfig
+
+    run = d / "run"
+    run.mkdir()
+    save_config(DartsSearchConfig(dataset="synthetic", subset=48, image_size=8, init_channels=4, layers=3,
+                                  batch_size=8, device="cpu", save=str(run)), run / "config.yaml")
+    tiny_official(run / "checkpoint.pt")
+
+
+def _with_comment(setup: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``setup``, then a user's comment at the top of the run's config.yaml."""
+    def wrapped(d: Path) -> None:
+        setup(d)
+        path = d / "run" / "config.yaml"
+        path.write_text("# my notes on this run\n" + path.read_text())
+    return wrapped
+
+
+def _hard_link(d: Path) -> None:
+    tiny_official(d / "m.pt")
+    (d / "link.pt").hardlink_to(d / "m.pt")
+
+
+def _nan_official(d: Path) -> None:
+    net = NetworkCIFAR(4, 10, 3, False, get_genotype("FairDARTS_a"), in_channels=1, image_size=8)
+    state = net.state_dict()
+    state["classifier.weight"][0, 0] = float("nan")
+    torch.save({"state_dict": state, "epoch": 1}, d / "m.pt")
+
+
+def _nan_gates(d: Path) -> None:
+    search_run(tiny_official)(d)
+    w = np.full((14, 7), 0.5, dtype=np.float32)
+    w[3, 2] = np.nan
+    np.save(d / "run" / "normal_weight.npy", w)
+
+
+def _inputs(x: torch.Tensor, **extra: torch.Tensor) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        tiny_official(d / "m.pt")
+        torch.save({"input": x, **extra}, d / "in.pt")
+    return setup
+
+
+def _corrupt_gzip(d: Path) -> None:
+    (d / "fm").mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (d / "fm" / f"{stem}.gz").write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 64)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(12)) + "epochs: *m\n"
 
 
 def _empty(d: Path) -> None:
@@ -183,6 +255,67 @@ CASES = [
     Case("train-save-in-proc", TR, (*T, "--save", "/proc/fairdarts-run"), says="/proc/fairdarts-run"),
     Case("derive-out-under-a-file", DERIVE, ("{d}/run", "--out", "{d}/a_file/g.json"),
          lambda d: (search_run(tiny_official)(d), file("a_file", "x")(d)), says="a_file"),
+    Case("search-save-in-a-folder-of-other-files", TS, (*S, "--save", "{d}/data"), _foreign_folder,
+         says="not a run's"),
+    Case("search-resume-a-dead-folder", TS, ("--resume", "{d}/run"), _dead_run, says="--save"),
+    # ----- outputs that would replace an input ------------------------------------------
+    Case("evaluate-dump-logits-onto-the-checkpoint", EV, ("--model_path", "{d}/m.pt", "--dump_logits", "{d}/m.pt"),
+         lambda d: tiny_official(d / "m.pt"), says="--model_path"),
+    Case("evaluate-export-onto-the-checkpoint", EV, ("--model_path", "{d}/m.pt", "--export", "onnx",
+                                                     "--export_path", "{d}/m.pt"),
+         lambda d: tiny_official(d / "m.pt"), says="--model_path"),
+    Case("evaluate-export-beside-an-onnx-named-checkpoint", EV, ("--model_path", "{d}/m.onnx", "--export", "onnx"),
+         lambda d: tiny_official(d / "m.onnx"), says="--model_path"),
+    Case("evaluate-dump-logits-onto-a-hard-link", EV, ("--model_path", "{d}/m.pt", "--dump_logits", "{d}/link.pt"),
+         _hard_link, says="--model_path"),
+    Case("evaluate-dump-logits-onto-the-inputs", EV, ("--model_path", "{d}/m.pt", "--inputs", "{d}/in.pt",
+                                                      "--dump_logits", "{d}/in.pt"),
+         _inputs(torch.zeros(2, 1, 8, 8)), says="--inputs"),
+    Case("evaluate-two-outputs-one-file", EV, ("--model_path", "{d}/m.pt", "--confusion", "{d}/o",
+                                               "--dump_logits", "{d}/o"),
+         lambda d: tiny_official(d / "m.pt"), says="both"),
+    Case("visualize-out-onto-the-arch-file", "fairdarts.visualize", ("--arch", "{d}/g_normal.dot", "--out", "{d}",
+                                                                     "--name", "g"),
+         file("g_normal.dot", genotype_json()), says="--arch"),
+    Case("derive-out-onto-the-gate-weights", DERIVE, ("{d}/run", "--out", "{d}/run/normal_weight.npy"),
+         search_run(tiny_official), says="replace"),
+    Case("derive-out-onto-the-run-genotype", DERIVE, ("{d}/run", "--out", "{d}/run/genotype.json"),
+         search_run(tiny_official), says="run folder"),
+    Case("evaluate-confusion-unwritable", EV, ("--model_path", "{d}/m.pt", "--arch", "FairDARTS_a",
+                                               "--init_channels", "4", "--layers", "3",
+                                               "--confusion", "{d}/a_file/cm.png"),
+         lambda d: (tiny_official(d / "m.pt"), file("a_file", "x")(d)), says="a_file"),
+    # ----- resumes that must not touch config.yaml ---------------------------------------
+    Case("search-resume-corrupt-keeps-the-config", TS, ("--resume", "{d}/run"), _with_comment(search_run(truncated)),
+         says="checkpoint"),
+    Case("darts-resume-a-fairdarts-run", "darts/train_search.py", ("--resume", "{d}/run"), search_run(tiny_official),
+         says="another command"),
+    Case("search-resume-a-darts-run", TS, ("--resume", "{d}/run"), _darts_run, says="another command"),
+    Case("train-resume-a-search-run", TR, ("--resume", "{d}/run"), search_run(tiny_official),
+         says="another command"),
+    # ----- realistic mistakes that were tracebacks -----------------------------------------
+    Case("search-seed-too-large", TS, (*S, "--seed", str(2**32)), says="seed"),
+    Case("train-seed-too-large", TR, (*T, "--seed", str(2**40)), says="seed"),
+    Case("train-accum-steps-equal-to-the-batch", TR, (*T, "--accum_steps", "8"), says="accum_steps"),
+    Case("train-corrupt-gzip-idx", TR, (*T, "--dataset", "fashion_mnist", "--data", "{d}/fm"), _corrupt_gzip,
+         says="corrupt"),
+    Case("search-config-alias-bomb", TS, (*S, "--config", "{d}/c.yaml"), file("c.yaml", ALIAS_BOMB), says="alias"),
+    Case("search-config-dev-zero", TS, (*S, "--config", "/dev/zero"), says="/dev/zero"),
+    Case("train-arch-dev-zero", TR, (*T, "--arch", "/dev/zero"), says="/dev/zero"),
+    Case("evaluate-inputs-wrong-channels", EV, ("--model_path", "{d}/m.pt", "--arch", "FairDARTS_a",
+                                                "--init_channels", "4", "--layers", "3", "--inputs", "{d}/in.pt"),
+         _inputs(torch.zeros(2, 3, 8, 8)), says="input"),
+    Case("evaluate-inputs-bad-targets", EV, ("--model_path", "{d}/m.pt", "--arch", "FairDARTS_a",
+                                             "--init_channels", "4", "--layers", "3", "--inputs", "{d}/in.pt"),
+         _inputs(torch.zeros(2, 1, 8, 8), target=torch.tensor([0, 10])), says="target"),
+    Case("evaluate-inputs-too-small", EV, ("--model_path", "{d}/m.pt", "--arch", "FairDARTS_a",
+                                           "--init_channels", "4", "--layers", "3", "--inputs", "{d}/in.pt"),
+         _inputs(torch.zeros(2, 1, 1, 1)), says="input"),
+    Case("evaluate-nan-weights", EV, ("--model_path", "{d}/m.pt", "--arch", "FairDARTS_a", "--init_channels", "4",
+                                      "--layers", "3", "--inputs", "{d}/m.pt"), _nan_official, says="NaN"),
+    Case("evaluate-dev-zero", EV, ("--model_path", "/dev/zero"), says="/dev/zero"),
+    Case("derive-nan-gates", DERIVE, ("{d}/run",), _nan_gates, says="NaN"),
+    Case("train-parse-nan-gates", TR, (*T, "--arch", "{d}/run", "--parse_method", "darts"), _nan_gates, says="NaN"),
 ]
 
 
@@ -206,6 +339,7 @@ def test_bad_input_is_one_clear_line(launcher: Launcher, tmp_path: Path, case: C
     assert case.says.lower() in line.lower(), f"the message does not mention {case.says!r}: {line}"
     after = tree_hashes(d)
     assert {k: after.get(k) for k in before} == before, "a file that was there before changed"
+    assert not (d / "out").exists(), "a run folder was made before the inputs were validated"
     assert not (d / "run" / PWNED).exists() and not (d / PWNED).exists(), "the pickled payload ran"
     COUNTS["bad inputs refused"] += 1
 

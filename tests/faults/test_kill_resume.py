@@ -1,14 +1,19 @@
 """SIGKILL a search or a retraining at many seeded moments, resume it each time, and get the
 same final weights, alphas and genotype as a run that was never interrupted.
 
-Kills land mid-step, mid-validation, mid-checkpoint-write (the fault point pauses with half of
-the temporary file written) and at random times; after every one ``checkpoint.pt``, when there
-is one, must load. A run is only ever resumed with ``--resume RUN`` (the run's own config).
+Every kill lands at a named fault point (``wrapper.py``), never after a timer: mid-step,
+mid-validation, mid-checkpoint-write (half of the temporary file written), right after a
+checkpoint (in a retraining, between ``checkpoint.pt`` and ``model_best.pt``) and at start-up
+(folder locked, ``config.yaml`` written). Each planned point lies within the work the process
+still has to do, so every attempt lands a kill at any machine load. The first process is
+killed at start-up, before its first checkpoint: the folder it leaves is started again with the
+same ``--save`` (a dead folder is reused, the dead process's lock taken over). After every kill
+``checkpoint.pt``, when there is one, must load, and ``model_best.pt`` must hold the best epoch
+that the checkpoint records once the run is resumed.
 """
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -21,22 +26,25 @@ from .runs import EPOCHS, KINDS, STEPS, Kind, ReferenceRuns
 pytestmark = pytest.mark.faults
 
 KILLS = 11  # per entry point and configuration: at least 10 each CI run
-POINTS = ("step", "validation", "checkpoint", "time")
+POINTS = ("after_checkpoint", "step", "validation", "checkpoint", "startup")
 
 
-def plan(rng: random.Random, attempt: int, epochs_done: int, fresh: bool, epoch_s: float) -> tuple[str, float]:
-    """A kill moment within what a process resumed after ``epochs_done`` epochs still runs;
-    the kinds of moment take turns, so that each is covered in every run.
+def plan(rng: random.Random, attempt: int, epochs_done: int) -> tuple[str, int]:
+    """A kill point within what a process resumed after ``epochs_done`` epochs still runs; the
+    points take turns, so that each is covered in every run.
 
-    Mostly within its first epoch, so that a dozen kills spread over a three-epoch run. A fresh
-    process is killed in its second epoch, after its first checkpoint: a run killed earlier
-    has nothing to resume from (see the README's Robustness section).
+    Mostly within the process's first epoch, so that a dozen kills spread over a three-epoch
+    run; ``after_checkpoint`` comes first, while an epoch is still left after the one it
+    completes, and a kill that would complete the last checkpoint is moved before it (mid-write),
+    so that the run never finishes under the kills.
     """
     point = POINTS[attempt % len(POINTS)]
-    point = "step" if fresh and point == "time" else point
-    if point == "time":
-        return point, rng.uniform(0.0, 1.5 * epoch_s)
-    epoch = 2 if fresh else (1 if rng.random() < 0.75 or epochs_done + 1 == EPOCHS else 2)
+    if point == "startup":
+        return point, 1
+    left = EPOCHS - epochs_done
+    epoch = 2 if left >= 2 and rng.random() >= 0.75 and point != "after_checkpoint" else 1
+    if point == "after_checkpoint" and epoch == left:
+        point = "checkpoint"
     if point == "step":
         return point, rng.randint(STEPS * (epoch - 1) + 1, STEPS * epoch)
     return point, epoch
@@ -48,41 +56,41 @@ def checkpoint_epoch(run: Path) -> int:
     return int(load_checkpoint(path)["epoch"]) if path.exists() else 0
 
 
-def kill_once(launcher: Launcher, kind: Kind, run: Path, point: str, n: float, fresh: bool) -> Result:
+def kill_at(launcher: Launcher, kind: Kind, run: Path, point: str, n: int, fresh: bool) -> Result:
+    """Start (``fresh``: with ``--save``) or resume the run, wait for the point, SIGKILL it there."""
     argv = kind.argv(run) if fresh else ["--resume", str(run)]
-    if point == "time":
-        proc = launcher.start(kind.entry, argv)
-        time.sleep(n)
-        return proc.kill()
-    proc = launcher.start(kind.entry, argv, {"pause_at": [point, int(n)]})
-    if proc.wait_for(f"FAULT-PAUSED {point} {int(n)}"):
-        return proc.kill()
-    return proc.wait()
+    proc = launcher.start(kind.entry, argv, {"pause_at": [point, n]})
+    assert proc.wait_for(f"FAULT-PAUSED {point} {n}"), f"the run ended before {point} {n}: {proc.wait().stderr}"
+    return proc.kill()
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(launcher: Launcher, reference: ReferenceRuns,
                                                              work: Path, kind: Kind) -> None:
-    finished, seconds = reference(kind)
+    finished, _ = reference(kind)
     rng = random.Random(f"kills-{kind.name}")
-    run, kills, fresh, attempt = work / "killed", 0, True, 0
-    while kills < KILLS:
-        done = checkpoint_epoch(run) if not fresh else 0
-        if done == EPOCHS:  # the kills came too late to land: the run finished
-            break
-        point, n = plan(rng, attempt, done, fresh, seconds / EPOCHS)
-        attempt += 1
-        result = kill_once(launcher, kind, run, point, n, fresh)
-        assert result.rc in (0, -9), f"{point} {n}: exit {result.rc}\n{result.stderr}"
-        fresh = False
-        if result.rc == -9:
-            kills += 1
-            COUNTS[f"kills survived ({kind.name}, {point})"] += 1
-        checkpoint_epoch(run)  # loads, or raises: never a half-written checkpoint
+    run = work / "killed"
+    # a fresh start killed before its first checkpoint, then a fresh start in the same folder
+    for attempt, (point, n) in enumerate((("startup", 1), ("step", STEPS + 1))):
+        assert kill_at(launcher, kind, run, point, n, fresh=True).rc == -9
+        COUNTS[f"kills survived ({kind.name}, {'dead folder' if attempt == 0 else point})"] += 1
+    assert checkpoint_epoch(run) == 1
+    kills = 2
+    for attempt in range(KILLS - kills):
+        point, n = plan(rng, attempt, checkpoint_epoch(run))
+        result = kill_at(launcher, kind, run, point, n, fresh=False)
+        assert result.rc == -9, f"{point} {n}: exit {result.rc}\n{result.stderr}"
+        kills += 1
+        COUNTS[f"kills survived ({kind.name}, {point})"] += 1
+        assert checkpoint_epoch(run) < EPOCHS  # loads, or raises: never a half-written checkpoint
     result = launcher.run(kind.entry, ["--resume", str(run)])
     assert result.rc == 0 and checkpoint_epoch(run) == EPOCHS, result.stderr
-    assert kills >= 10, f"only {kills} kills landed"
+    assert kills >= 10
     weights, genotype = kind.final(run)
     ref_weights, ref_genotype = kind.final(finished)
     assert max_state_diff(weights, ref_weights) <= 1e-6
     assert genotype == ref_genotype
+    if kind.entry == "train.py":  # model_best.pt: the reference's best epoch and weights
+        best, ref_best = load_checkpoint(run / "model_best.pt"), load_checkpoint(finished / "model_best.pt")
+        assert best["epoch"] == ref_best["epoch"] == load_checkpoint(run / "checkpoint.pt")["best"]["epoch"]
+        assert max_state_diff(best["state_dict"], ref_best["state_dict"]) <= 1e-6

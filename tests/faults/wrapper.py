@@ -11,7 +11,15 @@ runs. The JSON spec may hold:
     ``step``        mid-step (search: alphas updated, weights not yet; retraining: after the
                     forward, before the backward),
     ``validation``  after the first validation batch,
-    ``checkpoint``  half of the bytes of ``checkpoint.pt``'s temporary file written.
+    ``checkpoint``  half of the bytes of ``checkpoint.pt``'s temporary file written,
+    ``after_checkpoint``  ``checkpoint.pt`` written, nothing after it yet (in a retraining that
+                    improved: before ``model_best.pt``),
+    ``startup``     the run folder locked and its ``config.yaml`` written, no epoch begun
+                    (n is 1).
+``pause_best_at: epoch``
+    in a retraining, pause (``FAULT-PAUSED best EPOCH``) between writing ``checkpoint.pt`` and
+    ``model_best.pt`` after that epoch (numbered from 1, as the checkpoint counts), if it
+    improved the best test top-1.
 ``enospc_at: n``
     the n-th write of ``checkpoint.pt`` fails with ENOSPC after half its bytes (a full disk);
     it first prints ``FAULT-ENOSPC <sha256 of the checkpoint.pt on disk>``.
@@ -113,6 +121,8 @@ def _sha256(path: Path) -> str:
 
 def _patch_checkpoint(faults: Faults) -> None:
     import fairdarts.checkpoint as ckpt
+    from fairdarts.search import cli as search_cli
+    from fairdarts.train import cli as train_cli
 
     original = ckpt.atomic_write
     writes = [0]
@@ -125,9 +135,18 @@ def _patch_checkpoint(faults: Faults) -> None:
         enospc = faults.spec.get("enospc_at") == writes[0]
         if enospc:
             print(f"FAULT-ENOSPC {_sha256(path)}", flush=True)
-        return original(path, data, lambda p, mode: FaultyFile(opener(p, mode), faults, enospc))
+        result = original(path, data, lambda p, mode: FaultyFile(opener(p, mode), faults, enospc))
+        faults.hit("after_checkpoint")
+        return result
 
     ckpt.atomic_write = atomic_write
+    for cli in (search_cli, train_cli):
+        write_run_config = cli.write_run_config
+
+        def written(*args, _write=write_run_config, **kwargs):
+            _write(*args, **kwargs)
+            faults.hit("startup")
+        cli.write_run_config = written
 
 
 class PoisonedFunctional:
@@ -185,6 +204,15 @@ def _patch_train(faults: Faults) -> None:
         faults.start_epoch(e)
         return train_one_epoch(self, e, *args, **kwargs)
 
+    write_best = trainer.Trainer.write_best
+
+    def best(self, *args, **kwargs):
+        if faults.spec.get("pause_best_at") == self.best_epoch:
+            print(f"FAULT-PAUSED best {self.best_epoch}", flush=True)
+            time.sleep(PAUSE_S)
+        return write_best(self, *args, **kwargs)
+
+    trainer.Trainer.write_best = best
     train_step.TrainStep.loss = patched_loss
     train_step.TrainStep.__call__ = lambda self, *a, **k: faults.run_step(lambda: call(self, *a, **k))
     trainer.Trainer.train_one_epoch = epoch

@@ -1,0 +1,151 @@
+"""Reading user files with size limits, and outputs that may never replace an input.
+
+* :func:`read_bytes_limited` reads at most ``limit`` bytes of a *regular* file: ``/dev/zero``
+  or a multi-gigabyte file given as ``--config`` fails with one line instead of filling memory.
+* :func:`load_yaml` is ``yaml.safe_load`` with a cap on alias uses: a "billion laughs" file
+  (aliases of aliases) is refused before anything expands it.
+* :func:`short_repr` bounds the text of a value quoted in an error message.
+* :func:`check_outputs` refuses, with one line, an output path that is one of the command's
+  input files (resolved through symbolic links, hard links included), or that two outputs share;
+  :func:`check_writable` says before the work starts that an output cannot be written.
+"""
+from __future__ import annotations
+
+import os
+import reprlib
+import stat
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fairdarts.errors import UserError, one_line
+
+#: Config presets, genotype files, manifests: text a person writes, never near this size.
+MAX_TEXT_BYTES = 1 << 20
+#: Alias uses in one YAML document; a hand-written config has none or a few.
+MAX_YAML_ALIASES = 100
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 2
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to at most 120 characters (nested and shared containers included)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def read_bytes_limited(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of the regular file ``path`` (``what`` names it in errors), at most ``limit``."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or one_line(exc)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket); pass a file")
+    if info.st_size > limit:
+        raise UserError(f"{what} {path} is {info.st_size} bytes, more than the {limit} a {what} may have")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or one_line(exc)}") from None
+    if len(data) > limit:  # it grew while we looked
+        raise UserError(f"{what} {path} is more than the {limit} bytes a {what} may have")
+    return data
+
+
+def read_text_limited(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """:func:`read_bytes_limited` decoded as UTF-8."""
+    try:
+        return read_bytes_limited(path, what, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses a document using more than :data:`MAX_YAML_ALIASES` aliases."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name): refused as a possible "
+                                     "alias bomb")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` with the alias cap; raises ``yaml.YAMLError`` like it."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+# ----- outputs against inputs -----------------------------------------------------------------
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """(resolved path, (device, inode) when the file exists): two names of one file share the second."""
+    resolved = Path(os.path.abspath(path)).resolve()
+    try:
+        info = os.stat(resolved)
+    except OSError:
+        return resolved, None
+    return resolved, (info.st_dev, info.st_ino)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name one file: the same resolved path, or a hard link of it."""
+    (pa, ia), (pb, ib) = _identity(Path(a)), _identity(Path(b))
+    return pa == pb or (ia is not None and ia == ib)
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | Path | None]],
+                  inputs: Sequence[tuple[str, str | Path | None]]) -> None:
+    """Refuse (one line) an output that is an input file or another output.
+
+    Both are ``(flag, path)`` pairs; ``None`` paths are skipped. An output that is an existing
+    folder is refused as well: writing would fail after the work is done.
+    """
+    given_in = [(flag, Path(p)) for flag, p in inputs if p is not None]
+    seen: list[tuple[str, Path]] = []
+    for flag, p in outputs:
+        if p is None:
+            continue
+        out = Path(p)
+        for in_flag, source in given_in:
+            if same_file(out, source):
+                raise UserError(f"{flag} {out} is the {in_flag} file this command reads; writing it would replace "
+                                "its input: choose another path")
+        for other_flag, other in seen:
+            if same_file(out, other):
+                raise UserError(f"{flag} and {other_flag} both name {out}; give each output its own path")
+        if out.is_dir():
+            raise UserError(f"{flag} {out} is a folder; pass a file path")
+        seen.append((flag, out))
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Refuse now (one line) an output file that could not be written later: its folder, or the
+    nearest existing folder above it, must be a writable folder."""
+    path = Path(os.path.abspath(path))
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
+        raise UserError(f"{flag} {path} cannot be replaced (no write permission); choose another path")
