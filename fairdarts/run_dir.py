@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
+import yaml
 from tqdm import tqdm
 
 from fairdarts.checkpoint import atomic_write
 from fairdarts.errors import UserError
+from fairdarts.safe_io import load_yaml
 
 T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -43,8 +45,9 @@ class RunLock:
     """An exclusive OS lock (``flock``) on ``RUN/.lock``, held while a run writes its folder.
 
     The kernel releases it when the process ends in any way (SIGKILL included), so a lock left
-    by a killed run is stale by construction: the next run takes it over. The file holds the
-    holder's PID, which a second writer is told. The file itself stays (deleting a lock file
+    by a killed run is stale by construction: the next run takes it over, and says so when the
+    file still holds the dead holder's PID (a run that ends normally clears it). The file holds
+    the holder's PID, which a second writer is told. The file itself stays (deleting a lock file
     lets two processes lock two different files of the same name).
     """
 
@@ -65,8 +68,9 @@ class RunLock:
             holder = _read_pid(fd)
             os.close(fd)
             who = f"PID {holder}" if holder else "another process"
+            other = f", or choose another {flag}" if flag != "--resume" else ""
             raise UserError(f"run folder {self.path.parent} is in use by another run ({who}); wait for it to "
-                            f"end, or choose another {flag}") from None
+                            f"end{other}") from None
         previous = _read_pid(fd)
         self.stale_pid = previous if previous and previous != os.getpid() else None
         os.ftruncate(fd, 0)
@@ -75,16 +79,12 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Unlock, and clear the PID: a PID found in the file later is one of a killed holder."""
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _read_pid(fd: int) -> int | None:
@@ -106,10 +106,6 @@ def _is_our_log(path: Path) -> bool:
 
 def _is_our_config(path: Path) -> bool:
     """A config.yaml a run saved: a mapping with the keys every command's config has."""
-    import yaml
-
-    from fairdarts.safe_io import load_yaml
-
     try:
         if path.stat().st_size > (1 << 20):
             return False
@@ -208,14 +204,6 @@ def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
         stale = f"the lock of PID {lock.stale_pid}, which no longer runs, was taken over"
         note = f"{note}; {stale}" if note else stale
     return path, lock, note
-
-
-def prepare_run_dir(save: str | Path, resume: bool, is_main: bool = True) -> Path:
-    """:func:`claim_run_dir` without keeping the lock (tests, and callers that lock elsewhere)."""
-    path, lock, _ = claim_run_dir(save, resume, is_main)
-    if lock is not None:
-        lock.release()
-    return path
 
 
 def default_run_name(prefix: str) -> str:

@@ -15,20 +15,28 @@ import torch
 from fairdarts.config import save_config
 from fairdarts.errors import UserError
 from fairdarts.run_dir import (
-    LOCK, MetricsWriter, atomic_write_bytes, atomic_write_text, claim_run_dir, default_run_name, prepare_run_dir,
-    progress, run_folder_state, setup_logger,
+    LOCK, MetricsWriter, atomic_write_bytes, atomic_write_text, claim_run_dir, default_run_name, progress,
+    run_folder_state, setup_logger,
 )
 from fairdarts.train.config import TrainConfig
 
 
+def claim(save, resume, is_main=True):
+    """:func:`claim_run_dir` with the lock released at once: the folder it made or reopened."""
+    run, lock, _ = claim_run_dir(save, resume, is_main)
+    if lock is not None:
+        lock.release()
+    return run
+
+
 def test_prepare_creates_and_refuses_to_overwrite(tmp_path):
-    run = prepare_run_dir(tmp_path / "a" / "b", resume=False)
+    run = claim(tmp_path / "a" / "b", resume=False)
     assert run.is_dir() and [p.name for p in run.iterdir()] == [LOCK]  # the probe cleans up; the lock file stays
-    assert prepare_run_dir(run, resume=False) == run  # empty: fine
+    assert claim(run, resume=False) == run  # empty: fine
     (run / "checkpoint.pt").write_bytes(b"x")
     with pytest.raises(UserError, match=rf"already holds a run \(checkpoint.pt\); pass --resume {re.escape(str(run))}"):
-        prepare_run_dir(run, resume=False)
-    assert prepare_run_dir(run, resume=True) == run
+        claim(run, resume=False)
+    assert claim(run, resume=True) == run
     assert (run / "checkpoint.pt").read_bytes() == b"x"
 
 
@@ -38,7 +46,7 @@ def test_a_folder_of_other_files_is_refused_untouched(tmp_path):
     (folder / "log.txt").write_text("my notes\n")  # not a log of ours
     (folder / "images").mkdir()
     with pytest.raises(UserError, match=r"holds files that are not a run's \(images, log.txt\).*is reused"):
-        prepare_run_dir(folder, resume=False)
+        claim(folder, resume=False)
     assert sorted(p.name for p in folder.iterdir()) == ["images", "log.txt"]  # not even a lock file
 
 
@@ -94,10 +102,10 @@ def test_unwritable_location_and_non_main_ranks(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write the run folder"):
-        prepare_run_dir(blocker / "run", resume=False)
+        claim(blocker / "run", resume=False)
     with pytest.raises(UserError, match="is a file"):
-        prepare_run_dir(blocker, resume=False)
-    assert prepare_run_dir(tmp_path / "other", resume=False, is_main=False) == tmp_path / "other"
+        claim(blocker, resume=False)
+    assert claim(tmp_path / "other", resume=False, is_main=False) == tmp_path / "other"
     assert not (tmp_path / "other").exists()  # only the main rank creates it
 
 

@@ -107,7 +107,8 @@ def tensor_batches(path: str, batch_size: int, device: torch.device, meta: dict)
 
 
 def _outputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
-    export = (cfg.export_path or str(Path(cfg.model_path).with_suffix(".onnx"))) if cfg.export else None  # type: ignore[arg-type]
+    default = str(Path(cfg.model_path).with_suffix(".onnx"))  # type: ignore[arg-type]
+    export = (cfg.export_path or default) if cfg.export else None
     return [("--confusion", cfg.confusion), ("--dump_logits", cfg.dump_logits),
             ("--export_path" if cfg.export_path else "--export (beside the checkpoint)", export)]
 

@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.config import load_config_file
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError, one_line
@@ -252,7 +253,7 @@ class Trainer:
         self.best_top1 = -math.inf
         self.best_epoch = 0  # epochs done when the best test top-1 was reached; 0: none yet
         self.best_metrics: dict[str, float] = {}
-        self.best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy, once the best is not the last epoch
+        self.best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
         self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
         if cfg.amp and dist.device.type != "cuda":
             logger.info("note: --amp acts on CUDA only; this run on %s uses float32", dist.device)
@@ -315,8 +316,7 @@ class Trainer:
     # ----- best weights --------------------------------------------------------------------
     def best_state(self) -> dict[str, Any]:
         """``model_best.pt``: the best epoch's weights with what evaluate.py needs, and no optimizer."""
-        weights = self.best_weights if self.best_weights is not None else self.net.state_dict()
-        return {"format": CHECKPOINT_FORMAT, "epoch": self.best_epoch, "state_dict": weights,
+        return {"format": CHECKPOINT_FORMAT, "epoch": self.best_epoch, "state_dict": self.best_weights,
                 "best_acc_top1": self.best_top1, "metrics": self.best_metrics,
                 "config": dataclasses.asdict(self.cfg), "genotype": self.genotype.to_dict(), "network": self.meta,
                 "dataset": self._dataset_meta()}
