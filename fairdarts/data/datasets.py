@@ -14,6 +14,10 @@ hand end up in the same place::
     ROOT/train_32x32.mat, test_32x32.mat                               (SVHN)
     ROOT/[MNIST/raw/ | FashionMNIST/raw/]train-images-idx3-ubyte[.gz]  (and the other three)
     ROOT/train/<class>/*.JPEG, ROOT/val/<class>/*.JPEG                 (imagenet, folder)
+
+A corrupt file is one line naming it (a damaged gzip stream, a truncated idx file, a foreign
+pickle), except a corrupt image in a folder tree: it is skipped with one warning naming it
+(:class:`SkippedImage`), since one bad JPEG among a million should not cost a run its epoch.
 """
 from __future__ import annotations
 
