@@ -33,7 +33,6 @@ import yaml
 from torch import nn
 
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
-from fairdarts.config import load_config_file
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError, one_line
