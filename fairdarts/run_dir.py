@@ -31,8 +31,8 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 #: What the commands write into a run folder; a folder holding nothing else is one of ours.
 RUN_FILES = frozenset({"config.yaml", "log.txt", "checkpoint.pt", "model_best.pt", "genotype.json", "genotype.txt",
-                       "normal_weight.npy", "reduce_weight.npy", "mobile_weight.npy", "alpha_history.npz", "random_genotypes.json",
-                       "random_genotypes.txt"})
+                       "normal_weight.npy", "reduce_weight.npy", "mobile_weight.npy", "alpha_history.npz",
+                       "random_genotypes.json", "random_genotypes.txt"})
 RUN_FOLDERS = frozenset({"tensorboard", "genotypes", "plots", "random"})
 #: A folder holding one of these holds a run to resume or a finished run's results: never reused.
 RESULTS = ("checkpoint.pt", "model_best.pt", "genotype.json", "random_genotypes.json")
