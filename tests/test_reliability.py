@@ -190,3 +190,18 @@ def test_nan_gate_values_are_refused_by_derivation():
     w[0, 0] = np.nan
     with pytest.raises(UserError, match="1 NaN or infinite values"):
         derive(w, FAIRDARTS_PRIMITIVES, "darts")
+
+
+def test_an_unfinished_search_folder_is_re_derived_without_its_genotype_json(tmp_path):
+    """A search still running (or killed) has gate values but no genotype.json yet."""
+    from fairdarts.config import save_config
+    from fairdarts.train.config import TrainConfig
+    from fairdarts.train.trainer import resolve_arch
+
+    save_config(SearchConfig(save=str(tmp_path)), tmp_path / "config.yaml")
+    rng = np.random.default_rng(0)
+    for name in ("normal_weight.npy", "reduce_weight.npy"):
+        np.save(tmp_path / name, rng.uniform(size=(14, 7)).astype(np.float32))
+    cfg = TrainConfig(arch=str(tmp_path), parse_method="darts").resolved()
+    assert cfg.network == "cifar" and resolve_arch(cfg).form == "darts"
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fairdarts.config import SEED_MAX, field_help
@@ -125,14 +126,23 @@ class TrainConfig:
         """``mobile`` (a mobile genotype), ``imagenet`` (stride-8 network, ImageNet defaults) or ``cifar``."""
         if self.network is not None:
             return self.network
-        if isinstance(get_genotype(self.arch), MobileGenotype):
+        if self._mobile_arch():
             return "mobile"
         return "imagenet" if self.dataset == "imagenet" else "cifar"
+
+    def _mobile_arch(self) -> bool:
+        """Whether ``--arch`` is a mobile genotype. A run folder re-derived with ``--parse_method``
+        is one when it holds mobile gate values: it may have no ``genotype.json`` yet (a search
+        still running, or killed), and its genotype comes from the gates anyway."""
+        folder = Path(self.arch)
+        if self.parse_method is not None and folder.is_dir():
+            return (folder / "mobile_weight.npy").is_file()
+        return isinstance(get_genotype(self.arch), MobileGenotype)
 
     def resolved(self) -> "TrainConfig":
         """A copy whose dataset-dependent fields hold the published value when left unset."""
         family = self.family
-        mobile = isinstance(get_genotype(self.arch), MobileGenotype)
+        mobile = self._mobile_arch()
         if mobile != (family == "mobile"):
             why = "mobile genotypes build mobile networks" if mobile else "mobile networks need a mobile genotype"
             raise UserError(f"--network {family} does not fit --arch {self.arch}: {why}")
