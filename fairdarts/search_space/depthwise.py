@@ -146,6 +146,4 @@ class DepthwiseConv2d(nn.Conv2d):
             return _SameDepthwiseConv.apply(x, self.weight, d)
         if d == 1 and k > 3 and self.kernel_size[0] == self.kernel_size[1] and self.padding[0] == self.padding[1]:
             return _UndilatedDepthwiseConv.apply(x, self.weight, s, p)
-        if d == 1:
-            return F.conv2d(x, self.weight, None, s, p, 1, self.groups)
-        return super().forward(x)
+        return F.conv2d(x, self.weight, None, s, p, d, self.groups)
