@@ -127,6 +127,7 @@ class MixedOp(nn.Module):
         self._reads_relu = [name in RELU_LEADING_OPS or (name == "skip_connect" and stride == 2)
                             for name in self.primitives]
         self._active = [k for k, name in enumerate(self.primitives) if name != "none"]
+        self._pools = frozenset(k for k, name in enumerate(self.primitives) if name in POOL_OPS)
 
     def forward(self, x: torch.Tensor | EdgeSource, x_relu: torch.Tensor | None, weights: torch.Tensor,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,7 +140,7 @@ class MixedOp(nn.Module):
             x, x_relu = source.h, source.relu
         for k in self._active:
             op = self._ops[k]
-            if source is not None and self.primitives[k] in POOL_OPS and isinstance(op, nn.Sequential):
+            if source is not None and k in self._pools:  # nn.Sequential(pool, BatchNorm2d)
                 y = source.pooled(self.primitives[k], op[0], op[1])
             else:
                 y = op(x_relu if self._reads_relu[k] else x)
