@@ -74,6 +74,8 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 DATASETS["fashionmnist"] = DATASETS["fashion_mnist"]
 KNOWN_NAMES = tuple(DATASETS) + ("folder",)
+#: What ``--dataset`` accepts (the retraining and evaluation; a search takes all but ImageNet).
+DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet", "folder", "synthetic")
 
 
 @dataclass

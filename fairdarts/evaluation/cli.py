@@ -17,7 +17,7 @@ import torch
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.config import field_help, resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
-from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
+from fairdarts.data import DATASET_CHOICES, BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import resolve_device
 from fairdarts.errors import UserError, one_line
 from fairdarts.evaluation.evaluator import (
@@ -28,7 +28,6 @@ from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
 from fairdarts.safe_io import check_outputs, check_writable
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
-from fairdarts.train.config import DATASET_CHOICES
 
 PROG = "evaluate.py"
 DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, loss, throughput"

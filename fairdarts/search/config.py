@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fairdarts.config import SEED_MAX, field_help
+from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
 from fairdarts.search.architect import HESSIAN_MODES
 from fairdarts.search.losses import SEP_LOSSES
@@ -16,7 +17,8 @@ from fairdarts.search.spaces import ALIASES, space_of
 from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primitives
 from fairdarts.threads import HELP as THREADS_HELP
 
-DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "folder", "synthetic")
+#: A search runs on the in-memory datasets and ImageFolder trees (ImageNet as a 'folder').
+SEARCH_DATASETS = tuple(d for d in DATASET_CHOICES if d != "imagenet")
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
 RESUME_OVERRIDABLE: frozenset[str] = frozenset(
@@ -28,7 +30,7 @@ RESUME_OVERRIDABLE: frozenset[str] = frozenset(
 class SearchConfig:
     # ----- data ------------------------------------------------------------------------
     data: str = field_help("data", "dataset root (torchvision on-disk layout; an ImageFolder tree for 'folder')")
-    dataset: str = field_help("cifar10", "dataset to search on", choices=DATASET_CHOICES)
+    dataset: str = field_help("cifar10", "dataset to search on", choices=SEARCH_DATASETS)
     download: bool = field_help(False, "download the dataset into --data if it is missing")
     train_portion: float = field_help(0.5, "fraction of the training set for the weights; the rest trains the alphas",
                                       low=0.0, high=1.0, low_open=True, high_open=True)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from fairdarts.config import SEED_MAX, field_help
+from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
 from fairdarts.search_space import METHODS, MOBILE_METHODS, MobileGenotype, get_genotype
 from fairdarts.threads import HELP as THREADS_HELP
 
-DATASET_CHOICES = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagenet", "folder", "synthetic")
 SCHEDULES = ("cosine", "exponential")
 FAMILIES = ("cifar", "imagenet", "mobile")
 
