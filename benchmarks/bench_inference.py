@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from benchmarks.common import machine_meta, sync, write_results  # noqa: E402
 
 import fairdarts  # noqa: E402
-from fairdarts.train.step import autocast  # noqa: E402
+from fairdarts.metrics import autocast  # noqa: E402
 
 
 

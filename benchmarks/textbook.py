@@ -24,7 +24,8 @@ from torch import nn
 
 from fairdarts.search_space.depthwise import DepthwiseConv2d
 from fairdarts.search_space.operations import FactorizedReduce, ReLUConvBN, build_op
-from fairdarts.search_space.supernet import apply_gate, num_edges
+from fairdarts.search_space.supernet import apply_gate
+from fairdarts.search_space.topology import num_edges
 
 
 def official_convs(module: nn.Module) -> nn.Module:

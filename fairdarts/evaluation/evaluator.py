@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from fairdarts.checkpoint import load_checkpoint
 from fairdarts.errors import UserError, one_line
+from fairdarts.metrics import autocast, topk_correct
 from fairdarts.run_dir import atomic_write_bytes
 from fairdarts.safe_io import load_yaml, read_text_limited
 from fairdarts.search_space import Genotype, genotype_from_dict, get_genotype
-from fairdarts.train.step import autocast, topk_correct
 from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta
 
 MANIFEST = Path(__file__).resolve().parents[2] / "best_model" / "manifest.yaml"

@@ -25,6 +25,7 @@ from fairdarts.errors import UserError, one_line
 from fairdarts.run_dir import atomic_write_bytes, atomic_write_text
 from fairdarts.safe_io import read_bytes_limited
 from fairdarts.search_space import Genotype, MobileGenotype
+from fairdarts.search_space.topology import cell_edges
 
 CELLS = ("normal", "reduce")
 
@@ -118,7 +119,7 @@ def node_name(index: int) -> str:
 
 def edge_labels(steps: int = 4) -> list[str]:
     """``source -> node`` of every edge, in the row order of the weight matrices."""
-    return [f"{node_name(j)} \u2192 {node_name(i + 2)}" for i in range(steps) for j in range(i + 2)]
+    return [f"{node_name(src)} \u2192 {node_name(dst)}" for src, dst in cell_edges(steps)]
 
 
 def plot_alpha_history(history: AlphaHistory, primitives: Sequence[str], out_dir: Path,

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from fairdarts.errors import UserError
 from fairdarts.search.artifacts import edge_labels, load_gate_weights
+from fairdarts.search_space.topology import steps_for_edges
 from fairdarts.search_space import (
     METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive, derive_mobile, derived_form,
     empty_cell_advice, genotypes_with_edges, mobile_primitives, resolve_primitives,
@@ -64,11 +65,7 @@ class CellSpace:
 
     def row_labels(self, n_rows: int) -> list[str]:
         """``source -> node`` of each of the ``n_rows`` edges, named as in the cell pictures."""
-        steps, total = 0, 0
-        while total < n_rows:
-            total += steps + 2
-            steps += 1
-        return edge_labels(steps)
+        return edge_labels(steps_for_edges(n_rows))
 
     def plot_title(self, group: str) -> str:
         return f"{group} cell: gate value of each op on each edge (source \u2192 node)"

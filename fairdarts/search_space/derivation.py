@@ -19,24 +19,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fairdarts.errors import UserError
+from fairdarts.search_space.topology import node_rows, num_edges
 
 METHODS: tuple[str, ...] = ("darts", "threshold_sparse", "threshold_edge")
-
-
-def _node_rows(steps: int) -> list[tuple[int, int]]:
-    """(first row, number of inputs) of each intermediate node."""
-    rows, start = [], 0
-    for i in range(steps):
-        rows.append((start, i + 2))
-        start += i + 2
-    return rows
 
 
 def derive(weights: Any, primitives: Sequence[str], method: str = "darts",
            op_threshold: float | None = None, steps: int = 4) -> list[list[Any]]:
     """Edges of one cell derived from its gated weights (see the module docstring)."""
     W = np.asarray(weights, dtype=np.float64)
-    n_edges = sum(i + 2 for i in range(steps))
+    n_edges = num_edges(steps)
     if W.shape != (n_edges, len(primitives)):
         raise UserError(f"architecture weights have shape {W.shape}; expected ({n_edges}, {len(primitives)}) "
                         f"for {steps} steps and {len(primitives)} ops")
@@ -54,8 +46,8 @@ def derive(weights: Any, primitives: Sequence[str], method: str = "darts",
     names = [primitives[k] for k in candidates]
 
     edges: list[list[Any]] = []
-    for i, (start, n_inputs) in enumerate(_node_rows(steps)):
-        node = W[start:start + n_inputs]
+    for i, rows in enumerate(node_rows(steps)):
+        node, n_inputs = W[rows.start:rows.stop], len(rows)
         to = i + 2
         if method == "threshold_edge":
             for j in range(n_inputs):

@@ -20,6 +20,7 @@ from torch import nn
 from fairdarts.errors import UserError
 from fairdarts.search_space.genotypes import Genotype
 from fairdarts.search_space.operations import FactorizedReduce, Identity, ReLUConvBN, build_op
+from fairdarts.search_space.topology import is_reduction, reduction_layers
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -178,10 +179,6 @@ class AuxiliaryHeadImageNet(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def _reduction_layers(layers: int) -> tuple[int, int]:
-    return layers // 3, 2 * layers // 3
-
-
 class _StackedCells(nn.Module):
     """Cells stacked after a stem, channels doubled at each reduction (shared by both nets)."""
 
@@ -191,12 +188,12 @@ class _StackedCells(nn.Module):
             raise UserError(f"--layers must be at least 3 (two reduction cells and one normal), got {layers}")
         self.drop_path_prob = 0.0
         self._layers = layers
-        self._aux_index = _reduction_layers(layers)[1]
+        self._aux_index = reduction_layers(layers)[1]
         C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
         self.cells = nn.ModuleList()
         C_to_auxiliary = C_prev
         for i in range(layers):
-            reduction = i in _reduction_layers(layers)
+            reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
             cell = make_cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)

@@ -38,13 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdarts.search_space.operations import RELU_LEADING_OPS, ReLUConvBN, FactorizedReduce, build_op
+from fairdarts.search_space.topology import cell_edges, edge_input, is_reduction, num_edges
 
 Gate = Literal["softmax", "sigmoid"]
 GATES: tuple[str, ...] = ("softmax", "sigmoid")
-
-
-def num_edges(steps: int) -> int:
-    return sum(i + 2 for i in range(steps))
 
 
 def apply_gate(alphas: torch.Tensor, gate: str) -> torch.Tensor:
@@ -165,8 +162,7 @@ class SearchCell(nn.Module):
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self._ops = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, primitives)
-            for i in range(steps) for j in range(2 + i)
+            MixedOp(C, 2 if reduction and j < 2 else 1, primitives) for j, _ in cell_edges(steps)
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -219,7 +215,7 @@ class Supernet(nn.Module):
         self.cells = nn.ModuleList()
         reduction_prev = False
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = is_reduction(i, layers)
             if reduction:
                 C_curr *= 2
             self.cells.append(SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr,
@@ -277,14 +273,5 @@ class Supernet(nn.Module):
             for j, mixed in enumerate(cell._ops):
                 if "skip_connect" in mixed.primitives:
                     k = mixed.primitives.index("skip_connect")
-                    stride = 2 if cell.reduction and self._edge_input(j) < 2 else 1
+                    stride = 2 if cell.reduction and edge_input(j, self.steps) < 2 else 1
                     mixed._ops[k] = fn(mixed._ops[k], stride)
-
-    def _edge_input(self, edge: int) -> int:
-        """Index of the state that edge ``edge`` reads (0, 1 = cell inputs)."""
-        start = 0
-        for i in range(self.steps):
-            if edge < start + i + 2:
-                return edge - start
-            start += i + 2
-        raise IndexError(edge)

@@ -46,7 +46,8 @@ from fairdarts.search.spaces import CellSpace, load_gates, make_space
 from fairdarts.search_space import Genotype, MobileGenotype, empty_cell_advice, get_genotype, resolve_primitives
 from fairdarts.train.config import TrainConfig
 from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, mobile_meta, network_meta
-from fairdarts.train.step import TrainStep, evaluate_sums
+from fairdarts.metrics import evaluate_sums
+from fairdarts.train.step import TrainStep
 
 BEST = "model_best.pt"
 
