@@ -20,8 +20,8 @@ from torch import nn
 from fairdarts.errors import UserError
 from fairdarts.flops import ModelCost, count_flops_params
 from fairdarts.search_space import (
-    DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Genotype, MobileGenotype, MobileNetwork, NetworkCIFAR, NetworkImageNet,
-    Supernet, derive, get_genotype, registered_names, resolve_primitives,
+    DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Genotype, MobileGenotype, NetworkSpec, Supernet, derive, get_genotype,
+    network_spec, registered_names, resolve_primitives,
 )
 
 __version__ = "0.1.0"
@@ -41,14 +41,12 @@ def build_network(genotype: "Genotype | MobileGenotype | str", init_channels: in
         raise UserError(f"network sizes must be positive, got init_channels={init_channels}, "
                         f"layers={layers}, num_classes={num_classes}")
     g = get_genotype(genotype)
-    if isinstance(g, MobileGenotype):
-        if width_mult <= 0:
-            raise UserError(f"width_mult must be positive, got {width_mult}")
-        return MobileNetwork(g, num_classes, in_channels, width_mult, dropout)
-    if dataset == "imagenet":
-        return NetworkImageNet(init_channels, num_classes, layers, auxiliary, g, in_channels, image_size or 224)
-    return NetworkCIFAR(init_channels, num_classes, layers, auxiliary, g, in_channels,
-                        image_size or 32)
+    if isinstance(g, MobileGenotype) and width_mult <= 0:
+        raise UserError(f"width_mult must be positive, got {width_mult}")
+    imagenet = dataset == "imagenet"
+    spec = NetworkSpec.of(g, num_classes, in_channels, image_size or (224 if imagenet else 32), init_channels, layers,
+                          auxiliary, imagenet, width_mult, dropout)
+    return network_spec.build_network(spec)
 
 
 def build_supernet(gate: str = "sigmoid", primitives: "str | Sequence[str]" = "fairdarts",
@@ -61,6 +59,6 @@ def build_supernet(gate: str = "sigmoid", primitives: "str | Sequence[str]" = "f
 
 __all__ = [
     "build_network", "build_supernet", "count_flops_params", "derive", "get_genotype",
-    "registered_names", "Genotype", "MobileGenotype", "ModelCost", "UserError", "DARTS_PRIMITIVES",
+    "registered_names", "Genotype", "MobileGenotype", "ModelCost", "NetworkSpec", "UserError", "DARTS_PRIMITIVES",
     "FAIRDARTS_PRIMITIVES",
 ]

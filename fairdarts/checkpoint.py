@@ -23,6 +23,11 @@ from fairdarts.errors import UserError, one_line
 
 Opener = Callable[..., IO[bytes]]
 
+#: ``format`` of a retraining checkpoint: weights under ``state_dict``, the genotype under
+#: ``genotype`` and its network record under ``network``
+#: (:meth:`fairdarts.search_space.NetworkSpec.to_dict`), the dataset under ``dataset``.
+TRAIN_FORMAT = "fairdarts-train/1"
+
 
 def atomic_write(path: str | Path, data: bytes, opener: Opener = open) -> None:
     """Write ``data`` to ``path`` all at once or not at all.

@@ -27,6 +27,7 @@ from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
 from fairdarts.safe_io import check_outputs, check_writable
+from fairdarts.search_space import NetworkSpec
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
 PROG = "evaluate.py"
@@ -78,20 +79,20 @@ def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, devic
     return loader, info.num_classes, names
 
 
-def tensor_batches(path: str, batch_size: int, device: torch.device, meta: dict):
+def tensor_batches(path: str, batch_size: int, device: torch.device, spec: NetworkSpec):
     """Batches of a saved ``{'input', 'target'?, 'logits'?}`` file, and its reference logits; the
-    file is checked against the network (``meta``) first, so a bad one is one line, not a traceback."""
+    file is checked against the network (``spec``) first, so a bad one is one line, not a traceback."""
     blob = load_checkpoint(path)
     x = blob.get("input")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or len(x) == 0:
         raise UserError(f"--inputs {path}: expected a non-empty float 'input' tensor [N, C, H, W] (normalised images)")
-    n, channels, size = len(x), meta["in_channels"], meta["image_size"]
+    n, channels, size = len(x), spec.in_channels, spec.image_size
     if x.shape[1] != channels:
         raise UserError(f"--inputs {path}: 'input' has shape {list(x.shape)}; the network takes [N, {channels}, H, W] "
                         f"images (trained at {size} x {size})")
     if not bool(torch.isfinite(x).all()):
         raise UserError(f"--inputs {path}: 'input' holds NaN or infinite values")
-    k = meta["num_classes"]
+    k = spec.num_classes
     y = blob.get("target", torch.zeros(n, dtype=torch.long))
     if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.is_floating_point() or y.is_complex() \
             or (n and (int(y.min()) < 0 or int(y.max()) >= k)):
@@ -126,13 +127,13 @@ def check_paths(cfg: EvalConfig) -> None:
 
 
 def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
-    meta = loaded.meta
-    shape = (1, meta["in_channels"], meta["image_size"], meta["image_size"])
+    spec = loaded.spec
+    shape = (1, spec.in_channels, spec.image_size, spec.image_size)
     cost = count_flops_params(loaded.model, shape)
-    sizes = (f"width_mult {meta['width_mult']}" if meta.get("mobile")
-             else f"init_channels {meta['init_channels']}, layers {meta['layers']}")
-    print(f"model: {loaded.source} checkpoint, genotype form {loaded.genotype.form}, {sizes}, "
-          f"{meta['num_classes']} classes, auxiliary head {'yes' if meta['auxiliary'] else 'no'}")
+    sizes = (f"width_mult {spec.width_mult}" if spec.mobile
+             else f"init_channels {spec.init_channels}, layers {spec.layers}")
+    print(f"model: {loaded.source} checkpoint, genotype form {spec.genotype.form}, {sizes}, "
+          f"{spec.num_classes} classes, auxiliary head {'yes' if spec.auxiliary else 'no'}")
     print(f"FLOPs {cost.flops / 1e6:.1f}M  params {cost.params / 1e6:.3f}M "
           f"({cost.params_no_aux / 1e6:.3f}M without the auxiliary head)  input {list(shape)}")
     return shape
@@ -164,14 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = model.to(memory_format=torch.channels_last)
     names = None
     if cfg.inputs:
-        batches, reference, has_target = tensor_batches(cfg.inputs, cfg.batch_size, device, loaded.meta)
-        num_classes = loaded.meta["num_classes"]
+        batches, reference, has_target = tensor_batches(cfg.inputs, cfg.batch_size, device, loaded.spec)
+        num_classes = loaded.spec.num_classes
     else:
         dataset = cfg.dataset or loaded.dataset or "cifar10"
-        batches, num_classes, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.meta["image_size"], device)
+        batches, num_classes, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.spec.image_size, device)
         reference, has_target = None, True
-        if num_classes != loaded.meta["num_classes"]:
-            raise UserError(f"the network has {loaded.meta['num_classes']} classes, the {dataset} test set {num_classes}")
+        if num_classes != loaded.spec.num_classes:
+            raise UserError(f"the network has {loaded.spec.num_classes} classes, the {dataset} test set {num_classes}")
     batches = progress(batches, total=len(batches), desc="test", enabled=cfg.progress)
     try:
         result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,

@@ -14,6 +14,7 @@ A state dict that does not fit the genotype fails with one line naming the first
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -25,13 +26,12 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from fairdarts.checkpoint import load_checkpoint
+from fairdarts.checkpoint import TRAIN_FORMAT, load_checkpoint
 from fairdarts.errors import UserError, one_line
 from fairdarts.metrics import autocast, topk_correct
 from fairdarts.run_dir import atomic_write_bytes
 from fairdarts.safe_io import load_yaml, read_text_limited
-from fairdarts.search_space import Genotype, genotype_from_dict, get_genotype
-from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta
+from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, genotype_from_dict, get_genotype
 
 MANIFEST = Path(__file__).resolve().parents[2] / "best_model" / "manifest.yaml"
 OFFICIAL_DEFAULT_SIZES = {"init_channels": 36, "layers": 20}
@@ -40,10 +40,18 @@ OFFICIAL_DEFAULT_SIZES = {"init_channels": 36, "layers": 20}
 @dataclass
 class LoadedModel:
     model: nn.Module
-    genotype: Genotype
-    meta: dict[str, Any]            # init_channels, layers, num_classes, in_channels, image_size, auxiliary, imagenet_net
+    spec: NetworkSpec               # the genotype and the sizes the network was built with
     dataset: str | None             # the dataset a project checkpoint was trained on
     source: str                     # "fairdarts" or "official"
+
+    @property
+    def genotype(self) -> Genotype | MobileGenotype:
+        return self.spec.genotype
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The network record a retraining checkpoint stores (:meth:`NetworkSpec.to_dict`)."""
+        return self.spec.to_dict()
 
 
 # ----- manifest -----------------------------------------------------------------------------
@@ -93,17 +101,28 @@ def describe_mismatch(model: nn.Module, state: dict[str, Tensor], limit: int = 3
     return "; ".join(parts) or None
 
 
-def _official_meta(state: dict[str, Tensor], sizes: dict[str, Any]) -> dict[str, Any]:
+def _official_spec(genotype: Genotype | MobileGenotype, state: dict[str, Tensor],
+                   sizes: dict[str, Any]) -> NetworkSpec:
     """Sizes read off the weights themselves, plus the channel/layer counts given."""
     imagenet = "stem0.0.weight" in state
     stem = state.get("stem0.0.weight" if imagenet else "stem.0.weight")
     classifier = state.get("classifier.weight")
     if stem is None or classifier is None:
         raise UserError("the state dict has no stem / classifier weights: not a DARTS-family network checkpoint")
-    return {"init_channels": sizes["init_channels"], "layers": sizes["layers"],
+    meta = {"init_channels": sizes["init_channels"], "layers": sizes["layers"],
             "num_classes": int(classifier.shape[0]), "in_channels": int(stem.shape[1]),
             "image_size": sizes.get("image_size") or (224 if imagenet else 32),
             "auxiliary": any(k.startswith("auxiliary_head.") for k in state), "imagenet_net": imagenet}
+    return NetworkSpec.from_dict(genotype, meta)
+
+
+def _project_spec(ckpt: dict[str, Any], arch: str | None, init_channels: int | None,
+                  layers: int | None) -> NetworkSpec:
+    """A retraining checkpoint's own genotype and network record; ``arch`` and the sizes given override them."""
+    genotype = get_genotype(arch) if arch else genotype_from_dict(ckpt["genotype"])
+    spec = NetworkSpec.from_dict(genotype, ckpt["network"])
+    given = {k: v for k, v in (("init_channels", init_channels), ("layers", layers)) if v is not None}
+    return dataclasses.replace(spec, **given)
 
 
 def load_model(path: str | Path, arch: str | None = None, init_channels: int | None = None,
@@ -115,29 +134,26 @@ def load_model(path: str | Path, arch: str | None = None, init_channels: int | N
         raise UserError(hint)
     ckpt = load_checkpoint(path, map_location="cpu")
     state = state_dict_of(ckpt, path)
-    if ckpt.get("format") == CHECKPOINT_FORMAT:
-        genotype = get_genotype(arch) if arch else genotype_from_dict(ckpt["genotype"])
-        meta = dict(ckpt["network"])
-        meta.update({k: v for k, v in (("init_channels", init_channels), ("layers", layers)) if v is not None})
+    if ckpt.get("format") == TRAIN_FORMAT:
+        spec = _project_spec(ckpt, arch, init_channels, layers)
         dataset, source = ckpt.get("dataset", {}).get("name"), "fairdarts"
     else:
         entry = manifest.get(path.name, {})
-        spec = arch or entry.get("arch")
-        if spec is None:
+        genotype_spec = arch or entry.get("arch")
+        if genotype_spec is None:
             raise UserError(f"{path} is an official-layout checkpoint without a genotype: pass --arch "
                             "(a name, genotype JSON, Genotype(...) text or search run folder)")
-        genotype = get_genotype(spec)
         sizes = {k: v if v is not None else entry.get(k, OFFICIAL_DEFAULT_SIZES[k])
                  for k, v in (("init_channels", init_channels), ("layers", layers))}
-        meta = _official_meta(state, sizes)
+        spec = _official_spec(get_genotype(genotype_spec), state, sizes)
         dataset, source = entry.get("dataset"), "official"
-    model = build_network_from_meta(genotype, meta)
+    model = build_network(spec)
     mismatch = describe_mismatch(model, state)
     if mismatch:
-        raise UserError(f"{path} does not fit {_arch_label(arch, genotype)} with init_channels={meta['init_channels']} "
-                        f"layers={meta['layers']}: {mismatch}")
+        raise UserError(f"{path} does not fit {_arch_label(arch)} with init_channels={spec.init_channels} "
+                        f"layers={spec.layers}: {mismatch}")
     model.load_state_dict(state, strict=True)
-    return LoadedModel(model.eval(), genotype, meta, dataset, source)
+    return LoadedModel(model.eval(), spec, dataset, source)
 
 
 def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
@@ -145,7 +161,7 @@ def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _arch_label(arch: str | None, genotype: Genotype) -> str:
+def _arch_label(arch: str | None) -> str:
     return f"--arch {arch}" if arch else "the checkpoint's genotype"
 
 

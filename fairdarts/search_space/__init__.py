@@ -8,6 +8,8 @@ from fairdarts.search_space.mobile import MobileNetwork, MobileSupernet, mobile_
 from fairdarts.search_space.mobile_genotype import (
     MOBILE_METHODS, MOBILE_OPS, MobileGenotype, derive_mobile, make_mobile_genotype,
 )
+from fairdarts.search_space import network_spec, topology
+from fairdarts.search_space.network_spec import NetworkSpec, build_network
 from fairdarts.search_space.networks import NetworkCIFAR, NetworkImageNet, drop_path
 from fairdarts.search_space.operations import (
     DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, OPS, PRIMITIVE_SETS, build_op, resolve_primitives,
@@ -21,4 +23,5 @@ __all__ = [
     "FAIRDARTS_PRIMITIVES", "OPS", "PRIMITIVE_SETS", "build_op", "resolve_primitives", "GATES",
     "MixedOp", "SearchCell", "Supernet", "apply_gate", "MobileNetwork", "MobileSupernet", "mobile_primitives",
     "MOBILE_METHODS", "MOBILE_OPS", "MobileGenotype", "derive_mobile", "make_mobile_genotype",
+    "NetworkSpec", "build_network", "network_spec", "topology",
 ]

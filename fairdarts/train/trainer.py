@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError, one_line
@@ -43,9 +43,10 @@ from fairdarts.run_dir import MetricsWriter, progress
 from fairdarts.safe_io import load_yaml, read_text_limited
 from fairdarts.search.artifacts import load_gate_weights
 from fairdarts.search.spaces import CellSpace, load_gates, make_space
-from fairdarts.search_space import Genotype, MobileGenotype, empty_cell_advice, get_genotype, resolve_primitives
+from fairdarts.search_space import (
+    Genotype, MobileGenotype, NetworkSpec, build_network, empty_cell_advice, get_genotype, resolve_primitives,
+)
 from fairdarts.train.config import TrainConfig
-from fairdarts.train.network import CHECKPOINT_FORMAT, build_network_from_meta, mobile_meta, network_meta
 from fairdarts.metrics import evaluate_sums
 from fairdarts.train.step import TrainStep
 
@@ -233,14 +234,11 @@ class Trainer:
         if self.data.dropped_single:
             logger.info("note: the last training batch of every epoch would hold one image, which BatchNorm cannot "
                         "normalise in training mode; it is dropped")
-        if isinstance(genotype, MobileGenotype):
-            self.meta = mobile_meta(self.data.num_classes, self.data.in_channels, self.data.image_size,
-                                    cfg.width_mult, cfg.dropout)
-        else:
-            self.meta = network_meta(cfg.init_channels, cfg.layers, self.data.num_classes, self.data.in_channels,
-                                     self.data.image_size, cfg.auxiliary and cfg.auxiliary_weight > 0,
-                                     cfg.family == "imagenet")
-        self.net = build_network_from_meta(self.genotype, self.meta).to(dist.device)
+        self.spec = NetworkSpec.of(genotype, self.data.num_classes, self.data.in_channels, self.data.image_size,
+                                   cfg.init_channels, cfg.layers, cfg.auxiliary and cfg.auxiliary_weight > 0,
+                                   cfg.family == "imagenet", cfg.width_mult, cfg.dropout)
+        self.meta = self.spec.to_dict()  # the checkpoint's "network" record
+        self.net = build_network(self.spec).to(dist.device)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = _wrap(self.net, cfg, dist)
