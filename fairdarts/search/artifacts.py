@@ -21,13 +21,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fairdarts.errors import UserError, one_line
 from fairdarts.run_dir import atomic_write_bytes, atomic_write_text
-from fairdarts.safe_io import read_bytes_limited
 from fairdarts.search_space import Genotype, MobileGenotype
+from fairdarts.search_space.run_genotype import CELLS
 from fairdarts.search_space.topology import cell_edges
-
-CELLS = ("normal", "reduce")
 
 
 def write_genotype(run_dir: Path, genotype: Genotype | MobileGenotype, epoch: int | None = None) -> None:
@@ -36,28 +33,6 @@ def write_genotype(run_dir: Path, genotype: Genotype | MobileGenotype, epoch: in
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), genotype.to_json() + "\n")
     atomic_write_text(stem.with_suffix(".txt"), genotype.to_text() + "\n")
-
-
-MAX_WEIGHTS_BYTES = 1 << 20  # 19 x 8 float32 gate values are under 1 KiB
-
-
-def load_gate_weights(path: Path) -> np.ndarray:
-    """A search's ``<group>_weight.npy``: finite real numbers, rows (edges or layers) x ops."""
-    if not path.is_file():
-        raise UserError(f"{path} not found; a search run folder holds the <group>_weight.npy gate values "
-                        "(normal_weight.npy and reduce_weight.npy, or mobile_weight.npy)")
-    data = read_bytes_limited(path, "gate weights file", MAX_WEIGHTS_BYTES)
-    try:
-        w = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"cannot read {path} as a .npy array: {one_line(exc)}") from None
-    if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype.kind not in "fiu":
-        raise UserError(f"{path} holds {getattr(w, 'dtype', type(w).__name__)} values of shape "
-                        f"{getattr(w, 'shape', '?')}; expected real numbers, rows x ops (e.g. 14 x 7)")
-    if not np.isfinite(w).all():
-        raise UserError(f"{path} holds {int((~np.isfinite(w)).sum())} NaN or infinite gate values of {w.size}: the "
-                        "search that wrote them diverged; derive from an earlier epoch's genotypes/ instead")
-    return w
 
 
 def write_gate_weights(run_dir: Path, gates: Mapping[str, np.ndarray]) -> None:

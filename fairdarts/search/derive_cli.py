@@ -28,12 +28,10 @@ from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.run_dir import LOCK, RUN_FILES, RUN_FOLDERS, atomic_write_text
 from fairdarts.safe_io import check_outputs, check_writable
-from fairdarts.search.artifacts import load_gate_weights
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.spaces import CellSpace, MobileSpace, load_gates, space_of
-from fairdarts.search_space import (
-    METHODS, MOBILE_METHODS, PRIMITIVE_SETS, empty_cell_advice, mobile_primitives, resolve_primitives,
-)
+from fairdarts.search_space import METHODS, MOBILE_METHODS, PRIMITIVE_SETS, mobile_primitives, resolve_primitives
+from fairdarts.search_space.run_genotype import cells_advice, load_gate_weights
 
 
 def build_parser() -> CLIParser:
@@ -136,8 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(genotype.to_text())
     if args.out:
         atomic_write_text(Path(args.out), genotype.to_json() + "\n")
-    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
-                               primitives, method, threshold)
+    advice = cells_advice(genotype, [normal, reduce], primitives, method, threshold)
     if advice:  # after --out, so that a failed write stays the one line on stderr
         print(f"warning: {advice}", file=sys.stderr)
     return 0

@@ -19,12 +19,13 @@ import numpy as np
 from torch import Tensor, nn
 
 from fairdarts.errors import UserError
-from fairdarts.search.artifacts import edge_labels, load_gate_weights
-from fairdarts.search_space.topology import steps_for_edges
+from fairdarts.search.artifacts import edge_labels
 from fairdarts.search_space import (
-    METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive, derive_mobile, derived_form,
-    empty_cell_advice, genotypes_with_edges, mobile_primitives, resolve_primitives,
+    METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive_mobile, mobile_primitives,
+    resolve_primitives,
 )
+from fairdarts.search_space.run_genotype import cells_advice, derive_cells, load_gate_weights
+from fairdarts.search_space.topology import steps_for_edges
 
 ALIASES: dict[str, str] = {"cell": "cell", "s1": "cell", "mobile": "mobile", "s2": "mobile"}
 
@@ -59,9 +60,7 @@ class CellSpace:
 
     def derive(self, gates: Sequence[np.ndarray], method: str, op_threshold: float | None) -> Genotype:
         """A genotype from the (normal, reduce) gate matrices (may have empty Fair DARTS cells)."""
-        normal, reduce = gates
-        edges = [derive(w, self.primitives, method, op_threshold) for w in (normal, reduce)]
-        return genotypes_with_edges(edges[0], edges[1], derived_form(method))
+        return derive_cells(gates, self.primitives, method, op_threshold)
 
     def row_labels(self, n_rows: int) -> list[str]:
         """``source -> node`` of each of the ``n_rows`` edges, named as in the cell pictures."""
@@ -77,9 +76,7 @@ class CellSpace:
     def finish(self, genotype: Genotype, gates: Sequence[np.ndarray], run_dir: Path, log: logging.Logger,
                method: str, op_threshold: float) -> None:
         """Cell pictures when both cells have edges (and Graphviz is there); else how to re-derive."""
-        normal, reduce = gates
-        advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
-                                   self.primitives, method, op_threshold)
+        advice = cells_advice(genotype, gates, self.primitives, method, op_threshold)
         if advice:
             log.info("%s: `python -m fairdarts.search.derive_cli %s` with these flags re-derives it, "
                      "`python train.py --arch %s` with them retrains it directly", advice, run_dir, run_dir)

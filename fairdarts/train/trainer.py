@@ -27,27 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import DistContext, all_reduce_sum_
-from fairdarts.errors import UserError, one_line
+from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard
+from fairdarts.metrics import evaluate_sums
 from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import MetricsWriter, progress
-from fairdarts.safe_io import load_yaml, read_text_limited
-from fairdarts.search.artifacts import load_gate_weights
-from fairdarts.search.spaces import CellSpace, load_gates, make_space
-from fairdarts.search_space import (
-    Genotype, MobileGenotype, NetworkSpec, build_network, empty_cell_advice, get_genotype, resolve_primitives,
-)
+from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, get_genotype
+from fairdarts.search_space.run_genotype import genotype_from_run
 from fairdarts.train.config import TrainConfig
-from fairdarts.metrics import evaluate_sums
 from fairdarts.train.step import TrainStep
 
 BEST = "model_best.pt"
@@ -55,70 +49,19 @@ BEST = "model_best.pt"
 
 # ----- genotype -----------------------------------------------------------------------------
 def resolve_arch(cfg: TrainConfig) -> Genotype | MobileGenotype:
-    """``--arch`` through :func:`get_genotype`; with ``--parse_method`` a search run folder is
-    re-derived from its final gate weights instead of using its ``genotype.json``."""
+    """``--arch`` through :func:`get_genotype`; a search run folder through
+    :func:`genotype_from_run` (re-derived from its final gate weights with ``--parse_method``),
+    refused when a cell of its genotype is empty."""
     folder = Path(cfg.arch)
-    if cfg.parse_method is None or not folder.is_dir():
+    if not folder.is_dir():
         if cfg.parse_method is not None:
             raise UserError(f"--parse_method re-derives a search run folder; --arch {cfg.arch} is not a folder")
-        genotype = get_genotype(cfg.arch)
-        if folder.is_dir() and all((folder / f"{c}_weight.npy").is_file() for c in ("normal", "reduce")):
-            _refuse_empty(folder, genotype, _run_setting(folder, "parse_method", CellSpace.default_method),
-                          _run_setting(folder, "op_threshold", 0.85))
-        return genotype
-    if _run_setting(folder, "search_space", "cell") in ("mobile", "s2"):
-        space = make_space("mobile", mobile_skip=bool(_run_setting(folder, "mobile_skip", False)))
-        if cfg.parse_method not in space.methods:
-            raise UserError(f"--parse_method {cfg.parse_method} does not apply to the mobile search {folder}; "
-                            f"use one of {', '.join(space.methods)}")
-        return space.derive(load_gates(folder, space), cfg.parse_method, cfg.op_threshold)
-    weights = _gate_weights(folder)
-    cell = CellSpace(_run_primitives(folder, weights[0].shape[1]))
-    if cfg.parse_method not in cell.methods:
-        raise UserError(f"--parse_method {cfg.parse_method} does not apply to the cell search {folder}; "
-                        f"use one of {', '.join(cell.methods)}")
-    genotype = cell.derive(weights, cfg.parse_method, cfg.op_threshold)
-    _refuse_empty(folder, genotype, cfg.parse_method, cfg.op_threshold)
+        return get_genotype(cfg.arch)
+    genotype, advice = genotype_from_run(folder, cfg.parse_method, cfg.op_threshold)
+    if advice:
+        raise UserError(f"--arch {folder}: {advice}; both work here directly, e.g. "
+                        f"`python train.py --arch {folder} --parse_method darts`")
     return genotype
-
-
-def _gate_weights(folder: Path) -> list[np.ndarray]:
-    weights = []
-    for name in ("normal_weight.npy", "reduce_weight.npy"):
-        if not (folder / name).is_file():
-            raise UserError(f"--parse_method needs {folder / name} (the search's final gate values)")
-        weights.append(load_gate_weights(folder / name))
-    return weights
-
-
-def _refuse_empty(folder: Path, genotype: Genotype, method: str, op_threshold: float) -> None:
-    """A run folder whose genotype has an empty cell cannot be retrained: say the remedies
-    (the same sentence the search and the derive command say) in ``train.py`` flags."""
-    if genotype.normal and genotype.reduce:
-        return
-    normal, reduce = _gate_weights(folder)
-    advice = empty_cell_advice({"normal": (normal, genotype.normal), "reduce": (reduce, genotype.reduce)},
-                               _run_primitives(folder, normal.shape[1]), method, op_threshold)
-    raise UserError(f"--arch {folder}: {advice}; both work here directly, e.g. "
-                    f"`python train.py --arch {folder} --parse_method darts`")
-
-
-def _run_setting(folder: Path, key: str, default: Any) -> Any:
-    """One option of the search run's ``config.yaml`` (``default`` when it is absent)."""
-    path = folder / "config.yaml"
-    try:
-        data = load_yaml(read_text_limited(path, "config file")) if path.is_file() else None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {one_line(exc)}") from None
-    value = data.get(key) if isinstance(data, dict) else None
-    return default if value is None else value
-
-
-def _run_primitives(folder: Path, n_ops: int) -> tuple[str, ...]:
-    primitives = resolve_primitives(_run_setting(folder, "primitives", "fairdarts" if n_ops == 7 else "darts"))
-    if len(primitives) != n_ops:
-        raise UserError(f"{folder}: the gate weights have {n_ops} op columns but the run's primitives are {primitives}")
-    return primitives
 
 
 # ----- data ---------------------------------------------------------------------------------
