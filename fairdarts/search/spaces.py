@@ -24,7 +24,7 @@ from fairdarts.search_space import (
     METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive_mobile, mobile_primitives,
     resolve_primitives,
 )
-from fairdarts.search_space.run_genotype import cells_advice, derive_cells, load_gate_weights
+from fairdarts.search_space.run_genotype import cells_advice, derive_cells, load_run_gates
 from fairdarts.search_space.topology import steps_for_edges
 
 ALIASES: dict[str, str] = {"cell": "cell", "s1": "cell", "mobile": "mobile", "s2": "mobile"}
@@ -144,17 +144,7 @@ def space_of(cfg: Any) -> SearchSpace:
 
 def load_gates(folder: Path, space: SearchSpace) -> list[np.ndarray]:
     """A run folder's final gate values, one array per group; one-line errors when absent."""
-    gates = []
-    for group in space.groups:
-        path = folder / f"{group}_weight.npy"
-        if not path.is_file():
-            raise UserError(f"{path} not found; a {space.name} search run folder holds "
-                            f"{', '.join(g + '_weight.npy' for g in space.groups)}")
-        w = load_gate_weights(path)  # size-limited, finite real numbers
-        if w.shape[1] != len(space.primitives):
-            raise UserError(f"{path} holds an array of shape {w.shape}; expected rows x {len(space.primitives)} ops")
-        gates.append(w)
-    return gates
+    return load_run_gates(folder, space.name, space.groups, len(space.primitives))
 
 
 def gate_arrays(model: SearchSupernet) -> list[np.ndarray]:

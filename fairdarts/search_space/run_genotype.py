@@ -1,9 +1,11 @@
 """The genotype of a search run folder: its ``genotype.json``, or re-derived from its final gates.
 
 A search leaves ``<group>_weight.npy`` (the final gate values: ``normal`` / ``reduce`` for the
-cell space, ``mobile`` for S2), its ``config.yaml`` and ``genotype.json``. The search, the
-derive command and ``train.py --arch RUN --parse_method M`` all derive from those files here,
-and say the same empty-cell advice: a threshold rule can leave a cell without an edge.
+cell space, ``mobile`` for S2), its ``config.yaml`` and ``genotype.json``. The gate files are
+read (:func:`load_gate_weights`, :func:`load_run_gates`), the cells derived
+(:func:`derive_cells`) and checked for empty ones (:func:`cells_advice`, the one sentence the
+search, the derive command and ``train.py`` say) here; :func:`genotype_from_run` is the whole
+route of ``train.py --arch RUN [--parse_method M]``.
 
 It lives in ``search_space`` (it needs only the derivation rules and plain files), so that
 retraining reads a run folder without importing :mod:`fairdarts.search`.
@@ -92,14 +94,20 @@ def _cell_gates(folder: Path) -> list[np.ndarray]:
     return weights
 
 
-def _mobile_gates(folder: Path, skip: bool) -> np.ndarray:
-    path, n_ops = folder / "mobile_weight.npy", len(mobile_primitives(skip))
-    if not path.is_file():
-        raise UserError(f"{path} not found; a mobile search run folder holds mobile_weight.npy")
-    w = load_gate_weights(path)
-    if w.shape[1] != n_ops:
-        raise UserError(f"{path} holds an array of shape {w.shape}; expected rows x {n_ops} ops")
-    return w
+def load_run_gates(folder: Path, space: str, groups: Sequence[str], n_ops: int) -> list[np.ndarray]:
+    """A run folder's final gate values, one array per group of ``n_ops`` columns; one-line errors
+    when absent or of another width."""
+    gates = []
+    for group in groups:
+        path = folder / f"{group}_weight.npy"
+        if not path.is_file():
+            raise UserError(f"{path} not found; a {space} search run folder holds "
+                            f"{', '.join(g + '_weight.npy' for g in groups)}")
+        w = load_gate_weights(path)  # size-limited, finite real numbers
+        if w.shape[1] != n_ops:
+            raise UserError(f"{path} holds an array of shape {w.shape}; expected rows x {n_ops} ops")
+        gates.append(w)
+    return gates
 
 
 def _check_method(method: str, methods: Sequence[str], space: str, folder: Path) -> None:
@@ -114,14 +122,16 @@ def genotype_from_run(folder: Path, parse_method: str | None = None,
 
     Without ``parse_method``: its ``genotype.json`` (see :func:`_saved_genotype`). With it:
     re-derived from the final gate weights (``mobile_weight.npy`` for an S2 run) with that rule
-    and ``op_threshold``. Callers refuse (``train.py``) or warn (the derive command) on advice.
+    and ``op_threshold``. ``train.py`` refuses a genotype that comes with advice.
     """
     if parse_method is None:
         return _saved_genotype(folder)
     if run_setting(folder, "search_space", "cell") in ("mobile", "s2"):
         skip = bool(run_setting(folder, "mobile_skip", False))
         _check_method(parse_method, MOBILE_METHODS, "mobile", folder)
-        return derive_mobile(_mobile_gates(folder, skip), mobile_primitives(skip), parse_method, op_threshold), None
+        primitives = mobile_primitives(skip)
+        (weights,) = load_run_gates(folder, "mobile", ("mobile",), len(primitives))
+        return derive_mobile(weights, primitives, parse_method, op_threshold), None
     gates = _cell_gates(folder)
     primitives = run_primitives(folder, gates[0].shape[1])
     _check_method(parse_method, METHODS, "cell", folder)
