@@ -1,4 +1,7 @@
-"""One search run: data, supernet, optimizers, the epoch loop, run-folder outputs, resume.
+"""One search run: data, supernet, optimizers, what an epoch does, run-folder outputs, checkpoint contents.
+
+The epoch loop, the schedule replay and the checkpoint checks of resume are
+:class:`fairdarts.runner.EpochRun`'s, shared with the retraining.
 
 Per epoch: search steps over the weight half (each an architecture step on the next batch of
 a persistent iterator over the architecture half, then a weight step), validation on the

@@ -1,4 +1,7 @@
-"""One retraining run: data, network, optimizer, the epoch loop, run-folder outputs, resume.
+"""One retraining run: data, network, optimizer, what an epoch does, run-folder outputs, checkpoint contents.
+
+The epoch loop, the schedule replay and the checkpoint checks of resume are
+:class:`fairdarts.runner.EpochRun`'s, shared with the search.
 
 Per epoch: drop path set to ``drop_path_prob * epoch / epochs`` (the official ramp), training
 steps over the (sharded) training set, evaluation on the test set (the official code reports
