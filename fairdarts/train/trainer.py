@@ -211,7 +211,9 @@ class Trainer(EpochRun[TrainConfig]):
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype | MobileGenotype, run_dir: Path, dist: DistContext,
                  logger: logging.Logger, data: TrainData | None = None):
-        super().__init__(cfg, int(cfg.epochs or 0), run_dir, dist, logger)
+        if cfg.epochs is None:
+            raise ValueError("Trainer needs a resolved config (TrainConfig.resolved() fills epochs)")
+        super().__init__(cfg, cfg.epochs, run_dir, dist, logger)
         self.genotype = genotype
         self.data = data if data is not None else build_data(cfg, dist)
         if self.data.dropped_single:
