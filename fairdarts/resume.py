@@ -13,18 +13,19 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import yaml
 
 from fairdarts.config import resolve_config, save_config
 from fairdarts.distributed import DistContext, broadcast_object
 from fairdarts.errors import UserError
+from fairdarts.run_config import RunConfig
 from fairdarts.run_dir import RunLock, claim_run_dir, default_run_name, run_folder_state, setup_logger
 from fairdarts.safe_io import load_yaml, read_text_limited
 
 CHECKPOINT = "checkpoint.pt"
-C = TypeVar("C")
+C = TypeVar("C", bound=RunConfig)
 T = TypeVar("T")
 
 
@@ -57,7 +58,7 @@ def flag_value(argv: Sequence[str], flag: str) -> str | None:
     return value
 
 
-def _check_same_command(config_cls: type, saved: Path, resume: str, prog: str) -> None:
+def _check_same_command(config_cls: type[RunConfig], saved: Path, resume: str, prog: str) -> None:
     """Refuse (one line) a run folder that another command started: its config.yaml has options
     this command does not know, or lacks every option this command adds to the one it extends
     (``darts/train_search.py`` on a ``train_search.py`` run and the reverse)."""
@@ -67,7 +68,7 @@ def _check_same_command(config_cls: type, saved: Path, resume: str, prog: str) -
         return  # reported with its line number by resolve_config
     if not isinstance(data, dict):
         return
-    names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(config_cls)}
     extra = sorted(str(k) for k in data if k not in names)
     own: set[str] = set()
     for base in config_cls.__mro__[1:]:
@@ -94,13 +95,13 @@ def resume_config(config_cls: type[C], resume: str, argv: Sequence[str], overrid
     _check_same_command(config_cls, saved, resume, prog)
     resumed = resolve_config(config_cls, ["--config", str(saved), *argv], prog, description)
     base = resolve_config(config_cls, ["--config", str(saved)], prog, description)
-    changed = sorted(f.name for f in dataclasses.fields(config_cls)  # type: ignore[arg-type]
+    changed = sorted(f.name for f in dataclasses.fields(config_cls)
                      if getattr(resumed, f.name) != getattr(base, f.name) and f.name not in overridable)
     if changed:
         raise UserError(f"--resume keeps the run's config; these flags would change the {what}: "
                         f"{', '.join('--' + c for c in changed)} (allowed: "
                         f"{', '.join('--' + c for c in sorted(set(overridable) - {'resume'}))})")
-    return dataclasses.replace(resumed, save=str(ckpt.parent)), ckpt  # type: ignore[type-var]
+    return dataclasses.replace(resumed, save=str(ckpt.parent)), ckpt
 
 
 def _on_main(fn: Callable[[], T], dist: DistContext) -> T | None:
@@ -131,8 +132,8 @@ def open_run(cfg: C, kind: str, ckpt: Path | None, dist: DistContext,
     to find inside the folder it writes. ``config.yaml`` is written by :func:`write_run_config`
     once a resumed checkpoint has loaded.
     """
-    save = cfg.save or broadcast_object(default_run_name(kind) if dist.is_main else None)  # type: ignore[attr-defined]
-    cfg = dataclasses.replace(cfg, save=str(save))  # type: ignore[type-var]
+    save = cfg.save or broadcast_object(default_run_name(kind) if dist.is_main else None)
+    cfg = dataclasses.replace(cfg, save=str(save))
     folder = Path(str(save))
     resuming = ckpt is not None
     flag = "--resume" if resuming else "--save"
@@ -165,7 +166,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def write_run_config(cfg: Any, run_dir: Path, dist: DistContext) -> None:
+def write_run_config(cfg: RunConfig, run_dir: Path, dist: DistContext) -> None:
     """``run_dir/config.yaml``: what ``--resume`` reloads; written once the run is validated."""
     if dist.is_main:
         save_config(dataclasses.replace(cfg, resume=None), run_dir / "config.yaml")

@@ -415,3 +415,29 @@ def split_train_portion(n: int, portion: float) -> tuple[list[int], list[int]]:
         raise UserError(f"--train_portion must lie strictly between 0 and 1, got {portion}")
     cut = int(math.floor(portion * n))
     return list(range(cut)), list(range(cut, n))
+
+
+def load_first(name: str, root: str, split: Split, n: int | None, download: bool = False,
+               image_size: int | None = None, resize_after_cut: bool = False) -> InMemoryImages | torch.utils.data.Dataset:
+    """The first ``n`` images of a split (all of them for ``None``), at ``image_size``.
+
+    ``resize_after_cut``: in-memory datasets are read at their own size, cut to ``n``, then
+    resized, so that a CPU smoke run does not resize 50k images (the search's order; synthetic
+    images are then drawn at 32 pixels). Otherwise :func:`load_dataset` resizes while reading
+    (the retraining's order; synthetic images are drawn at ``image_size``). Both orders stay:
+    each is what earlier runs of its command computed on.
+    """
+    on_disk = name.lower() in ("imagenet", "folder")
+    later = resize_after_cut and not on_disk
+    data = load_dataset(name, root, split, download=download, image_size=None if later else image_size)
+    if n is not None and n < len(data):
+        data = data.subset(list(range(n))) if isinstance(data, InMemoryImages) else torch.utils.data.Subset(data, range(n))
+    if later and image_size:
+        data = resize_images(data, image_size)
+    return data
+
+
+def dataset_info(data: InMemoryImages | torch.utils.data.Dataset) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset that :func:`load_first` returned (a cut ImageFolder
+    is a ``Subset``, whose ``dataset`` carries it)."""
+    return data.info if hasattr(data, "info") else data.dataset.info

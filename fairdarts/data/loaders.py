@@ -228,3 +228,19 @@ def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, workers: i
     """Batches of an on-disk dataset (``batch_size`` per rank, pinned memory and persistent
     workers), moved to ``device`` when one is given, else left on the CPU for the caller."""
     return TorchLoader(dataset, batch_size, shuffle, workers, seed, rank, world_size, drop_last, device)
+
+
+def make_loader(data: InMemoryImages | Dataset, indices: Sequence[int] | None, batch_size: int,
+                device: torch.device | str, shuffle: bool, seed: int, augment: BatchAugment | None = None,
+                workers: int = 0, drop_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> InMemoryLoader | TorchLoader:
+    """The batches of ``indices`` of ``data`` (all of it for ``None``): an :class:`InMemoryLoader`
+    that applies ``augment`` on the device for in-memory images, else a DataLoader with
+    ``workers`` (on-disk images carry their own transforms; ``augment`` does not apply)."""
+    if isinstance(data, InMemoryImages):
+        index = list(range(len(data))) if indices is None else indices
+        return InMemoryLoader(data, index, batch_size=batch_size, device=device, shuffle=shuffle, augment=augment,
+                              seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+    subset = data if indices is None else torch.utils.data.Subset(data, indices)
+    return make_dataloader(subset, batch_size, shuffle, workers, seed, rank=rank, world_size=world_size,
+                           drop_last=drop_last, device=device)

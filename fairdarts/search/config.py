@@ -11,34 +11,27 @@ from dataclasses import dataclass
 from fairdarts.config import SEED_MAX, field_help
 from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
+from fairdarts.run_config import RESUME_OVERRIDABLE as RUN_OVERRIDABLE, RunConfig
 from fairdarts.search.architect import HESSIAN_MODES
 from fairdarts.search.losses import SEP_LOSSES
 from fairdarts.search.spaces import ALIASES, space_of
 from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primitives
-from fairdarts.threads import HELP as THREADS_HELP
 
 #: A search runs on the in-memory datasets and ImageFolder trees (ImageNet as a 'folder').
 SEARCH_DATASETS = tuple(d for d in DATASET_CHOICES if d != "imagenet")
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
-RESUME_OVERRIDABLE: frozenset[str] = frozenset(
-    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite",
-     "threads", "plot_every"})
+RESUME_OVERRIDABLE: frozenset[str] = RUN_OVERRIDABLE | {"plot_every"}
 
 
 @dataclass
-class SearchConfig:
-    # ----- data ------------------------------------------------------------------------
-    data: str = field_help("data", "dataset root (torchvision on-disk layout; an ImageFolder tree for 'folder')")
+class SearchConfig(RunConfig):
+    # ----- data (the other data and run fields: RunConfig) ------------------------------
     dataset: str = field_help("cifar10", "dataset to search on", choices=SEARCH_DATASETS)
-    download: bool = field_help(False, "download the dataset into --data if it is missing")
     train_portion: float = field_help(0.5, "fraction of the training set for the weights; the rest trains the alphas",
                                       low=0.0, high=1.0, low_open=True, high_open=True)
     subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=2)
-    image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
     cutout: bool = field_help(False, "use cutout on the weight batches")
-    cutout_length: int = field_help(16, "cutout length", low=1)
-    workers: int = field_help(2, "DataLoader workers (only for on-disk datasets such as 'folder')", low=0)
     # ----- network ---------------------------------------------------------------------
     search_space: str = field_help("cell", "cell (S1, the DARTS cell) or mobile (S2, MobileNetV2-like ImageNet "
                                    "layers); aliases s1, s2", choices=tuple(ALIASES))
@@ -78,17 +71,11 @@ class SearchConfig:
     # ----- run -------------------------------------------------------------------------
     seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0, high=SEED_MAX)
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
-    resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
-    device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = field_help(None, THREADS_HELP, low=1)
-    report_freq: int = field_help(50, "log every N steps", low=1)
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)
-    progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")
     plot_every: int = field_help(
         5, "redraw the alpha-evolution plots every N epochs and after the last one (drawing them takes "
            "seconds: every epoch, a fifth of a small CPU search)", low=1)
-    skip_nonfinite: bool = field_help(False, "skip a step whose loss is inf or nan instead of stopping the run")
 
     def validate(self) -> None:
         resolve_primitives(self.primitives)  # raises UserError with the known ops
@@ -103,8 +90,7 @@ class SearchConfig:
             raise UserError("--unrolled and --single_level exclude each other: single level has no validation batch")
         if self.learning_rate_min > self.learning_rate:
             raise UserError(f"--learning_rate_min ({self.learning_rate_min}) exceeds --learning_rate ({self.learning_rate})")
-        if self.dataset == "folder" and self.download:
-            raise UserError("--download is not available for --dataset folder; point --data at an ImageFolder tree")
+        super().validate()
 
     @property
     def method(self) -> str:

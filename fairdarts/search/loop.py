@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairdarts.runner import replay_schedule
 from fairdarts.search.architect import Architect, ArchStepStats
 
 Batch = tuple[Tensor, Tensor]
@@ -170,16 +170,9 @@ def validate(model: nn.Module, batches: Iterable[Batch], max_steps: int | None =
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, lr: float, lr_min: float, epochs: int,
-                   start_epoch: int = 0) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+                   start_epoch: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine from ``lr`` to ``lr_min`` over ``epochs``, positioned at ``start_epoch``; step it
-    after each epoch. A resumed run rebuilds it and replays its steps: the same float
-    operations as an uninterrupted run, also when ``--epochs`` was raised on resume."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        group.pop("initial_lr", None)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr_min)
-    with warnings.catch_warnings():  # replaying steps before any optimizer.step() is intended
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-        for _ in range(start_epoch):
-            scheduler.step()
-    return scheduler
+    after each epoch (replayed on resume: :func:`fairdarts.runner.replay_schedule`)."""
+    def cosine(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
+    return replay_schedule(optimizer, lr, cosine, start_epoch)

@@ -1,4 +1,7 @@
-"""One search run: data, supernet, optimizers, the epoch loop, run-folder outputs, resume.
+"""One search run: data, supernet, optimizers, what an epoch does, run-folder outputs, checkpoint contents.
+
+The epoch loop, the schedule replay and the checkpoint checks of resume are
+:class:`fairdarts.runner.EpochRun`'s, shared with the retraining.
 
 Per epoch: search steps over the weight half (each an architecture step on the next batch of
 a persistent iterator over the architecture half, then a weight step), validation on the
@@ -20,17 +23,15 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.data import (
-    BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader, resize_images,
-    split_train_portion,
+    BatchAugment, InfiniteBatches, dataset_info, load_first, make_loader, split_train_portion,
 )
 from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
 from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard
-from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
-from fairdarts.resume import CHECKPOINT
-from fairdarts.run_dir import MetricsWriter, progress
+from fairdarts.reproducibility import capture_rng_state
+from fairdarts.run_dir import progress
+from fairdarts.runner import EpochRun
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.config import SearchConfig
@@ -58,33 +59,19 @@ def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
     resize 50k images) and augmented on the device; on-disk trees (``folder``) go through
     DataLoader workers with their own transforms (validation then sees the training transforms,
     as in the official code)."""
-    on_disk = cfg.dataset in ("folder", "imagenet")
-    data = load_dataset(cfg.dataset, cfg.data, "train", download=cfg.download,
-                        image_size=cfg.image_size if on_disk else None)
-    n, info = len(data), data.info
-    if cfg.subset is not None and cfg.subset < n:
-        n = cfg.subset
-        data = torch.utils.data.Subset(data, range(n)) if on_disk else data.subset(range(n))
-    if not on_disk and cfg.image_size:
-        data = resize_images(data, cfg.image_size)
+    data = load_first(cfg.dataset, cfg.data, "train", cfg.subset, download=cfg.download, image_size=cfg.image_size,
+                      resize_after_cut=True)
+    n, info = len(data), dataset_info(data)
     w_idx, a_idx = split_train_portion(n, cfg.train_portion)
     if not w_idx or not a_idx:
         raise UserError(f"--train_portion {cfg.train_portion} of {n} images leaves an empty half; use more images")
-    ranks = dict(rank=dist.rank, world_size=dist.world_size, batch_size=dist.per_rank_batch(cfg.batch_size))
-    if isinstance(data, InMemoryImages):
-        cutout = cfg.cutout_length if cfg.cutout else 0
-        kw = dict(device=dist.device, **ranks)
-        train = InMemoryLoader(data, w_idx, shuffle=True, seed=cfg.seed,
-                               augment=BatchAugment(info.mean, info.std, cutout_length=cutout), **kw)
-        arch = InMemoryLoader(data, a_idx, shuffle=True, seed=cfg.seed + 1,
-                              augment=BatchAugment(info.mean, info.std), **kw)
-        valid = InMemoryLoader(data, a_idx, shuffle=False, augment=None, seed=cfg.seed, **kw)
-    else:
-        kw = dict(workers=cfg.workers, device=dist.device, **ranks)
-        sub = torch.utils.data.Subset
-        train = make_dataloader(sub(data, w_idx), shuffle=True, seed=cfg.seed, **kw)
-        arch = make_dataloader(sub(data, a_idx), shuffle=True, seed=cfg.seed + 1, **kw)
-        valid = make_dataloader(sub(data, a_idx), shuffle=False, seed=cfg.seed, **kw)
+    cutout = cfg.cutout_length if cfg.cutout else 0
+    kw = dict(batch_size=dist.per_rank_batch(cfg.batch_size), device=dist.device, workers=cfg.workers,
+              rank=dist.rank, world_size=dist.world_size)
+    train = make_loader(data, w_idx, shuffle=True, seed=cfg.seed,
+                        augment=BatchAugment(info.mean, info.std, cutout_length=cutout), **kw)
+    arch = make_loader(data, a_idx, shuffle=True, seed=cfg.seed + 1, augment=BatchAugment(info.mean, info.std), **kw)
+    valid = make_loader(data, a_idx, shuffle=False, seed=cfg.seed, **kw)
     return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels)
 
 
@@ -119,13 +106,16 @@ def _grad_reducer(dist: DistContext | None):
 
 
 # ----- the run ------------------------------------------------------------------------------
-class Searcher:
+class Searcher(EpochRun[SearchConfig]):
     """Everything one run holds; :meth:`run` searches from the start or from a checkpoint."""
+
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_kind = "a search checkpoint"
+    model_name = "this search's supernet"
 
     def __init__(self, cfg: SearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
                  data: SearchData | None = None):
-        self.cfg, self.run_dir, self.dist, self.log = cfg, run_dir, dist, logger
-        seed_everything(cfg.seed)
+        super().__init__(cfg, cfg.epochs, run_dir, dist, logger)
         self.data = data if data is not None else build_data(cfg, dist)
         self.space = space_of(cfg)
         self.primitives = self.space.primitives
@@ -133,8 +123,6 @@ class Searcher:
         self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.step = build_step(cfg, self.model, dist, self.guard)
         self.history = AlphaHistory(self.space.groups)
-        self.start_epoch = 0
-        self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
 
     # ----- checkpoint ----------------------------------------------------------------------
     def state_dict(self, epochs_done: int, genotype: Genotype | MobileGenotype) -> dict[str, Any]:
@@ -151,42 +139,27 @@ class Searcher:
             "genotype": genotype.to_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"checkpoint is not a search checkpoint ({CHECKPOINT_FORMAT}); cannot resume from it")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.step.w_optimizer.load_state_dict(state["w_optimizer"])
-            self.step.architect.optimizer.load_state_dict(state["a_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"checkpoint does not match this search's supernet: {first}") from None
+    def load_modules(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.step.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.step.architect.optimizer.load_state_dict(state["a_optimizer"])
+
+    def load_progress(self, state: dict[str, Any]) -> None:
         self.data.arch.load_state_dict(state["arch_batches"])
         self.history = AlphaHistory.from_state_dict(state["alpha_history"])
-        self.start_epoch = int(state["epoch"])
-        restore_rng_state(state["rng"])
-
-    def resume(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
-        self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
 
     # ----- loop ----------------------------------------------------------------------------
-    def run(self) -> Genotype | MobileGenotype:
+    def make_scheduler(self, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.cfg
-        scheduler = make_scheduler(self.step.w_optimizer, cfg.learning_rate, cfg.learning_rate_min, cfg.epochs,
-                                   self.start_epoch)
-        genotype = self.current_genotype()
-        for epoch in range(self.start_epoch, cfg.epochs):
-            lr = scheduler.get_last_lr()[0]
-            t0 = time.perf_counter()
-            stats = self.train_one_epoch(epoch, lr)
-            valid_loss, valid_acc = self.validate()
-            genotype = self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
-            scheduler.step()
-        if self.dist.is_main:
-            self.finish(genotype)
-        self.writer.close()
-        return genotype
+        return make_scheduler(self.step.w_optimizer, cfg.learning_rate, cfg.learning_rate_min, cfg.epochs, start_epoch)
+
+    def run_epoch(self, epoch: int, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        lr = scheduler.get_last_lr()[0]
+        t0 = time.perf_counter()
+        stats = self.train_one_epoch(epoch, lr)
+        valid_loss, valid_acc = self.validate()
+        self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
+        scheduler.step()
 
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
         cfg = self.cfg
@@ -244,10 +217,16 @@ class Searcher:
         if (epoch + 1) % self.cfg.plot_every == 0 or epoch + 1 == self.cfg.epochs:
             plot_alpha_history(self.history, self.primitives, self.run_dir / "plots", self.space.row_labels,
                                self.space.plot_title)
-        save_checkpoint(self.state_dict(epoch + 1, genotype), self.run_dir / CHECKPOINT)
+        self.save_checkpoint(epoch + 1, genotype)
 
-    def finish(self, genotype: Genotype | MobileGenotype) -> None:
-        """The final genotype files and, for cells with edges, their pictures."""
+    def finish(self) -> Genotype | MobileGenotype:
+        """The final genotype (its files and, for cells with edges, their pictures on the main rank)."""
+        genotype = self.current_genotype()
+        if self.dist.is_main:
+            self.write_final(genotype)
+        return genotype
+
+    def write_final(self, genotype: Genotype | MobileGenotype) -> None:
         write_genotype(self.run_dir, genotype)
         self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.method, self.cfg.op_threshold,
                       genotype.to_text())

@@ -23,8 +23,8 @@ from typing import Any
 from fairdarts.config import SEED_MAX, field_help
 from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
+from fairdarts.run_config import RunConfig
 from fairdarts.search_space import METHODS, MOBILE_METHODS, MobileGenotype, get_genotype
-from fairdarts.threads import HELP as THREADS_HELP
 
 SCHEDULES = ("cosine", "exponential")
 FAMILIES = ("cifar", "imagenet", "mobile")
@@ -40,25 +40,16 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                    label_smoothing=0.1, lr_schedule="cosine", warmup_epochs=5),
 }
 
-#: Flags that may change when a run is resumed: none of them alters what is computed.
-RESUME_OVERRIDABLE: frozenset[str] = frozenset(
-    {"resume", "epochs", "report_freq", "workers", "device", "download", "data", "progress", "skip_nonfinite", "threads"})
-
 
 @dataclass
-class TrainConfig:
-    # ----- data ------------------------------------------------------------------------
-    data: str = field_help("data", "dataset root (torchvision on-disk layout; an ImageFolder tree for 'folder')")
+class TrainConfig(RunConfig):
+    # ----- data (the other data and run fields: RunConfig) ------------------------------
     dataset: str = field_help("cifar10", "dataset; 'imagenet' also switches to the ImageNet network and defaults",
                               choices=DATASET_CHOICES)
-    download: bool = field_help(False, "download the dataset into --data if it is missing")
-    subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=1)
-    image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
     network: str | None = field_help(
         None, "network family: cifar, imagenet (stride-8 stem, ImageNet defaults) or mobile (S2 genotypes); "
               "default: mobile for a mobile genotype, else by --dataset", choices=FAMILIES)
     cutout: bool = field_help(True, "cutout on training images (in-memory datasets; the published CIFAR setting)")
-    cutout_length: int = field_help(16, "cutout length", low=1)
     auto_aug: bool = field_help(False, "AutoAugment CIFAR-10 policy on training images")
     augment: bool = field_help(True, "random crop and flip on training images (--no-augment for exactness tests)")
     workers: int = field_help(4, "DataLoader workers (only for on-disk datasets such as imagenet / folder)", low=0)
@@ -110,16 +101,8 @@ class TrainConfig:
     # ----- run -------------------------------------------------------------------------
     seed: int = field_help(0, "random seed (weights, data order, augmentation, drop path)", low=0, high=SEED_MAX)
     save: str | None = field_help(None, "run folder (default runs/train-<timestamp>)")
-    resume: str | None = field_help(None, "continue a killed run: its folder or checkpoint.pt")
-    device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = field_help(None, THREADS_HELP, low=1)
-    report_freq: int = field_help(50, "log every N steps", low=1)
     eval_every: int = field_help(1, "test-set pass every N epochs and after the last one; model_best.pt is chosen "
                                     "among those (1: every epoch, the official behaviour)", low=1)
-    max_steps_per_epoch: int | None = field_help(
-        None, "stop each epoch (and evaluation) after N batches; for smoke tests and benchmarks", low=1)
-    progress: bool = field_help(True, "progress bar per epoch when stderr is a terminal")
-    skip_nonfinite: bool = field_help(False, "skip a step whose loss is inf or nan instead of stopping the run")
 
     @property
     def family(self) -> str:
@@ -153,8 +136,7 @@ class TrainConfig:
         return dataclasses.replace(self, network=family, **filled)
 
     def validate(self) -> None:
-        if self.dataset == "folder" and self.download:
-            raise UserError("--download is not available for --dataset folder; point --data at an ImageFolder tree")
+        super().validate()
         if self.parse_method is not None and self.op_threshold is None:
             raise UserError("--parse_method needs --op_threshold")
         if self.batch_size is not None and self.batch_size % self.accum_steps:

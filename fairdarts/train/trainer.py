@@ -1,4 +1,7 @@
-"""One retraining run: data, network, optimizer, the epoch loop, run-folder outputs, resume.
+"""One retraining run: data, network, optimizer, what an epoch does, run-folder outputs, checkpoint contents.
+
+The epoch loop, the schedule replay and the checkpoint checks of resume are
+:class:`fairdarts.runner.EpochRun`'s, shared with the search.
 
 Per epoch: drop path set to ``drop_path_prob * epoch / epochs`` (the official ramp), training
 steps over the (sharded) training set, evaluation on the test set (the official code reports
@@ -22,7 +25,6 @@ import logging
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,14 +33,15 @@ import torch
 from torch import nn
 
 from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from fairdarts.data import BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
+from fairdarts.data import BatchAugment, dataset_info, load_first, make_loader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard
 from fairdarts.metrics import evaluate_sums
-from fairdarts.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import CHECKPOINT
-from fairdarts.run_dir import MetricsWriter, progress
+from fairdarts.run_dir import progress
+from fairdarts.runner import EpochRun, replay_schedule
 from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, get_genotype
 from fairdarts.search_space.run_genotype import genotype_from_run
 from fairdarts.train.config import TrainConfig
@@ -78,10 +81,9 @@ class TrainData:
 
 def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
     """Training and test splits; in-memory datasets are augmented on the device in batches."""
-    train = load_dataset(cfg.dataset, cfg.data, "train", download=cfg.download, image_size=cfg.image_size)
-    test = load_dataset(cfg.dataset, cfg.data, "test", download=cfg.download, image_size=cfg.image_size)
-    train, test = _first(train, cfg.subset), _first(test, cfg.test_subset)
-    info = train.info if hasattr(train, "info") else train.dataset.info
+    train = load_first(cfg.dataset, cfg.data, "train", cfg.subset, download=cfg.download, image_size=cfg.image_size)
+    test = load_first(cfg.dataset, cfg.data, "test", cfg.test_subset, download=cfg.download, image_size=cfg.image_size)
+    info = dataset_info(train)
     per_rank = dist.per_rank_batch(cfg.batch_size)
     if per_rank < 2 * cfg.accum_steps:
         raise UserError(f"--accum_steps {cfg.accum_steps} splits each rank's batch of {per_rank} images into "
@@ -90,51 +92,30 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
     # A last batch of one image: BatchNorm in training mode (the auxiliary head's, 1 x 1 pixels)
     # cannot normalise a single value, so that image is dropped, as drop_last would.
     drop_single = math.ceil(len(train) / dist.world_size) % per_rank == 1
-    if isinstance(train, InMemoryImages):
-        cutout = cfg.cutout_length if cfg.cutout else 0
-        aug = BatchAugment(info.mean, info.std, crop_padding=4 if cfg.augment else 0, flip=cfg.augment,
-                           cutout_length=cutout, auto_augment=cfg.auto_aug)
-        plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
-        kw = dict(batch_size=per_rank, device=dist.device, rank=dist.rank, world_size=dist.world_size)
-        train_loader = InMemoryLoader(train, list(range(len(train))), shuffle=True, augment=aug, seed=cfg.seed,
-                                      drop_last=drop_single, **kw)
-        test_loader = InMemoryLoader(test, list(range(len(test))), shuffle=False, augment=plain, seed=cfg.seed, **kw)
-    else:
-        kw = dict(batch_size=per_rank, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
-                  device=dist.device)
-        train_loader = make_dataloader(train, shuffle=True, seed=cfg.seed, drop_last=drop_single, **kw)
-        test_loader = make_dataloader(test, shuffle=False, seed=cfg.seed, drop_last=False, **kw)
+    cutout = cfg.cutout_length if cfg.cutout else 0
+    aug = BatchAugment(info.mean, info.std, crop_padding=4 if cfg.augment else 0, flip=cfg.augment,
+                       cutout_length=cutout, auto_augment=cfg.auto_aug)
+    plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
+    kw = dict(batch_size=per_rank, device=dist.device, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
+              seed=cfg.seed)
+    train_loader = make_loader(train, None, shuffle=True, augment=aug, drop_last=drop_single, **kw)
+    test_loader = make_loader(test, None, shuffle=False, augment=plain, **kw)
     size = cfg.image_size or info.image_size
     return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info, drop_single)
 
 
-def _first(data: Any, n: int | None) -> Any:
-    """The first ``n`` images of ``data`` (all of them for ``None``)."""
-    if n is None or n >= len(data):
-        return data
-    return data.subset(list(range(n))) if isinstance(data, InMemoryImages) else torch.utils.data.Subset(data, range(n))
-
-
 # ----- network, optimizer, schedule ---------------------------------------------------------
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine to ``learning_rate_min`` (CIFAR) or ``gamma`` per epoch (ImageNet), stepped after
-    each epoch, and replayed to ``start_epoch`` on resume (same floats as an unbroken run)."""
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.learning_rate
-        group.pop("initial_lr", None)
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    if cfg.warmup_epochs:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: warmup_factor(epoch, cfg))
-    elif cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
-    else:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.gamma)
-    with warnings.catch_warnings():  # replaying steps before any optimizer.step() is intended
-        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-        for _ in range(start_epoch):
-            scheduler.step()
-    return scheduler
+    """Cosine to ``learning_rate_min`` (CIFAR) or ``gamma`` per epoch (ImageNet), with
+    ``warmup_epochs`` of linear warm-up first, stepped after each epoch and replayed to
+    ``start_epoch`` on resume (:func:`fairdarts.runner.replay_schedule`)."""
+    def build(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        if cfg.warmup_epochs:
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: warmup_factor(epoch, cfg))
+        if cfg.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.gamma)
+    return replay_schedule(optimizer, cfg.learning_rate, build, start_epoch)
 
 
 def warmup_factor(epoch: int, cfg: TrainConfig) -> float:
@@ -166,13 +147,19 @@ def _wrap(model: nn.Module, cfg: TrainConfig, dist: DistContext) -> nn.Module:
 
 
 # ----- the run ------------------------------------------------------------------------------
-class Trainer:
+class Trainer(EpochRun[TrainConfig]):
     """Everything one run holds; :meth:`run` trains from the start or from a checkpoint."""
+
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_kind = "a retraining checkpoint"
+    model_name = "this run's network"
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype | MobileGenotype, run_dir: Path, dist: DistContext,
                  logger: logging.Logger, data: TrainData | None = None):
-        self.cfg, self.genotype, self.run_dir, self.dist, self.log = cfg, genotype, run_dir, dist, logger
-        seed_everything(cfg.seed)
+        if cfg.epochs is None:
+            raise ValueError("Trainer needs a resolved config (TrainConfig.resolved() fills epochs)")
+        super().__init__(cfg, cfg.epochs, run_dir, dist, logger)
+        self.genotype = genotype
         self.data = data if data is not None else build_data(cfg, dist)
         if self.data.dropped_single:
             logger.info("note: the last training batch of every epoch would hold one image, which BatchNorm cannot "
@@ -190,12 +177,11 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.step = TrainStep(self.model, self.optimizer, cfg.auxiliary_weight, cfg.grad_clip, cfg.label_smoothing,
                               cfg.accum_steps, cfg.amp, cfg.amp_dtype, cfg.channels_last, self.guard)
-        self.start_epoch = 0
         self.best_top1 = -math.inf
         self.best_epoch = 0  # epochs done when the best test top-1 was reached; 0: none yet
         self.best_metrics: dict[str, float] = {}
         self.best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
-        self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
+        self.metrics: dict[str, float] = {}
         if cfg.amp and dist.device.type != "cuda":
             logger.info("note: --amp acts on CUDA only; this run on %s uses float32", dist.device)
 
@@ -224,20 +210,15 @@ class Trainer:
         return {"name": self.cfg.dataset, "num_classes": self.data.num_classes,
                 "mean": list(self.data.info.mean), "std": list(self.data.info.std)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"checkpoint is not a retraining checkpoint ({CHECKPOINT_FORMAT}); cannot resume from it")
+    def load_modules(self, state: dict[str, Any]) -> None:
         if "optimizer" not in state:
             raise UserError(f"this file holds best weights only, not a resumable state; resume from {CHECKPOINT}")
-        try:
-            self.net.load_state_dict(state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"checkpoint does not match this run's network: {first}") from None
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def load_progress(self, state: dict[str, Any]) -> None:
         if state.get("scaler"):
             self.step.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"])
         self.best_top1 = float(state["best_acc_top1"])
         best = state.get("best")  # absent in checkpoints of earlier versions
         if isinstance(best, dict):
@@ -246,11 +227,9 @@ class Trainer:
             weights = best.get("state_dict")
             self.best_weights = (weights if weights is not None or not self.best_epoch
                                  else {k: v.detach().cpu().clone() for k, v in state["state_dict"].items()})
-        restore_rng_state(state["rng"])
 
     def resume(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
-        self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.cfg.epochs)
+        super().resume(path)
         if self.dist.is_main:
             self.repair_best()
 
@@ -285,22 +264,24 @@ class Trainer:
                       self.best_epoch, self.best_top1)
 
     # ----- loop ----------------------------------------------------------------------------
-    def run(self) -> dict[str, float]:
+    def make_scheduler(self, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return make_scheduler(self.optimizer, self.cfg, start_epoch)
+
+    def run_epoch(self, epoch: int, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         cfg = self.cfg
-        scheduler = make_scheduler(self.optimizer, cfg, self.start_epoch)
-        metrics: dict[str, float] = {}
-        for epoch in range(self.start_epoch, cfg.epochs):
-            lr = scheduler.get_last_lr()[0]
-            self.net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
-            t0 = time.perf_counter()
-            train = self.train_one_epoch(epoch, lr)
-            test = self.test() if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else {}
-            metrics = {**train, **test, "lr": lr, "drop_path_prob": self.net.drop_path_prob,
-                       "seconds": time.perf_counter() - t0}
-            scheduler.step()
-            self.end_of_epoch(epoch, metrics)
-        self.writer.close()
-        return metrics
+        lr = scheduler.get_last_lr()[0]
+        self.net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        t0 = time.perf_counter()
+        train = self.train_one_epoch(epoch, lr)
+        test = self.test() if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else {}
+        self.metrics = {**train, **test, "lr": lr, "drop_path_prob": self.net.drop_path_prob,
+                        "seconds": time.perf_counter() - t0}
+        scheduler.step()
+        self.end_of_epoch(epoch, self.metrics)
+
+    def finish(self) -> dict[str, float]:
+        """The last epoch's metrics (none when no epoch ran)."""
+        return self.metrics
 
     def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
         if self.dist.is_distributed:
@@ -357,7 +338,7 @@ class Trainer:
         if improved:
             self.best_epoch, self.best_metrics = epoch + 1, dict(m)
             self.best_weights = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
-        save_checkpoint(self.state_dict(epoch + 1, m), self.run_dir / CHECKPOINT)  # first: it holds the best too
+        self.save_checkpoint(epoch + 1, m)  # first: it holds the best too
         if improved:
             self.write_best()  # a kill before this line leaves the old file: resume repairs it
 
