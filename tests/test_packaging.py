@@ -1,0 +1,79 @@
+"""pyproject.toml declares what an install needs: every third-party import of fairdarts/ is a
+runtime dependency (or an extra, for the optional ones), and the package data files exist."""
+from __future__ import annotations
+
+import ast
+import re
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+#: Import name -> distribution name, where they differ.
+DISTRIBUTION = {"yaml": "pyyaml"}
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    """``"torch==2.14.1"`` -> ``"torch"``, lower case; ``fairdarts[onnx]`` self-references dropped."""
+    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+    return names - {"fairdarts"}
+
+
+def third_party_imports(package: Path) -> dict[str, set[str]]:
+    """Top-level modules imported anywhere under ``package`` that are neither stdlib nor the package,
+    each with the files importing it."""
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != package.name:
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_third_party_import_is_a_runtime_dependency() -> None:
+    """`pip install .` brings everything fairdarts/ imports, except onnxruntime: the export check
+    imports it only when used, and it comes with the ``[onnx]`` extra."""
+    imports = third_party_imports(REPO / "fairdarts")
+    assert {"torch", "numpy", "yaml"} <= set(imports)  # the scan sees imports at all
+    runtime = requirement_names(PYPROJECT["project"]["dependencies"])
+    undeclared = {m: sorted(files) for m, files in imports.items() if DISTRIBUTION.get(m, m).lower() not in runtime}
+    assert set(undeclared) == {"onnxruntime"}, f"imported by fairdarts/ but not a dependency: {undeclared}"
+    assert "onnxruntime" in requirement_names(PYPROJECT["project"]["optional-dependencies"]["onnx"])
+
+
+@pytest.mark.parametrize("package,files", PYPROJECT["tool"]["setuptools"]["package-data"].items())
+def test_package_data_exists(package: str, files: list[str]) -> None:
+    folder = REPO.joinpath(*package.split("."))
+    assert (folder / "__init__.py").is_file()
+    for name in files:
+        assert (folder / name).is_file(), f"{package}: {name}"
+
+
+def test_files_read_at_run_time_are_package_data() -> None:
+    """The genotype registry and the published-checkpoint manifest are read through the package,
+    so an installed copy (no repository beside it) finds them."""
+    from fairdarts.evaluation.evaluator import MANIFEST
+
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]
+    listed = {REPO.joinpath(*package.split("."), name) for package, names in data.items() for name in names}
+    assert MANIFEST in listed
+    assert REPO / "fairdarts" / "search_space" / "genotypes.json" in listed
+
+
+def test_console_scripts_point_at_main_functions() -> None:
+    for script, target in PYPROJECT["project"]["scripts"].items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), script
