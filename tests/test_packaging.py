@@ -18,10 +18,14 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 DISTRIBUTION = {"yaml": "pyyaml"}
 
 
+def requirement_name(requirement: str) -> str:
+    """``"torch==2.14.1"`` -> ``"torch"``, ``"fairdarts[onnx]"`` -> ``"fairdarts"``, lower case."""
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
 def requirement_names(requirements: list[str]) -> set[str]:
-    """``"torch==2.14.1"`` -> ``"torch"``, lower case; ``fairdarts[onnx]`` self-references dropped."""
-    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
-    return names - {"fairdarts"}
+    """The distributions named, without ``fairdarts`` itself (an extra naming another extra)."""
+    return {requirement_name(r) for r in requirements} - {"fairdarts"}
 
 
 def third_party_imports(package: Path) -> dict[str, set[str]]:
@@ -77,3 +81,19 @@ def test_console_scripts_point_at_main_functions() -> None:
     for script, target in PYPROJECT["project"]["scripts"].items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), script
+
+
+def test_ci_requirements_hold_every_declared_dependency_with_the_same_pins() -> None:
+    """requirements.txt (CI's pinned set) installs all of pyproject's dependencies and extras,
+    pinned as pyproject pins them, so CI tests what `pip install .` would bring."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    ci = {requirement_name(line): line for line in lines if line}
+    project = PYPROJECT["project"]
+    declared = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    for requirement in declared:
+        name = requirement_name(requirement)
+        if name == "fairdarts":
+            continue
+        assert name in ci, f"{name} is in pyproject.toml but not in requirements.txt"
+        if "==" in requirement:
+            assert ci[name] == requirement, f"requirements.txt pins {ci[name]!r}, pyproject.toml {requirement!r}"
