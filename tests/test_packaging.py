@@ -1,10 +1,12 @@
 """pyproject.toml declares what an install needs: every third-party import of fairdarts/ is a
-runtime dependency (or an extra, for the optional ones), and the package data files exist."""
+runtime dependency (or an extra, for the optional ones), and the package data files exist;
+requirements.txt (CI) agrees with it; the quick test tier leaves out the slow suites."""
 from __future__ import annotations
 
 import ast
-import re
 import importlib
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,3 +99,16 @@ def test_ci_requirements_hold_every_declared_dependency_with_the_same_pins() -> 
         assert name in ci, f"{name} is in pyproject.toml but not in requirements.txt"
         if "==" in requirement:
             assert ci[name] == requirement, f"requirements.txt pins {ci[name]!r}, pyproject.toml {requirement!r}"
+
+
+def test_quick_tier_leaves_out_faults_e2e_multiprocess_and_benchmarks() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
+                           "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    quick = {line for line in proc.stdout.splitlines() if "::" in line}
+    assert "tests/test_packaging.py::test_package_data_exists[fairdarts-files0]" in quick
+    slow_files = ("tests/faults/", "tests/test_benchmarks.py", "tests/test_search_ddp.py", "tests/test_train_e2e.py",
+                  "tests/test_search_e2e.py")
+    slow_tests = ("test_two_process_ddp_equals_one_process", "test_two_gloo_processes_agree",
+                  "test_fashion_mnist_s2_search_train_evaluate", "test_first_ten_minutes_walkthrough_runs")
+    assert not {t for t in quick if t.startswith(slow_files) or t.split("::")[1].split("[")[0] in slow_tests}
