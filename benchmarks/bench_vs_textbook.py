@@ -11,8 +11,8 @@ search step (architecture step + weight step) is timed ``--repeats`` times after
 loss, what every step and every retraining step pays). Each time is taken twice: wall clock
 and the CPU time of the calling thread (``time.thread_time``); on a shared machine the CPU
 time still counts only this process's own work, so its ratios hold under load. Peak memory: on
-CUDA ``torch.cuda.max_memory_allocated``; on the CPU the
-peak RSS of a fresh subprocess per (implementation, algorithm, batch) that builds the model
+CUDA ``torch.cuda.max_memory_allocated``; on the CPU the peak RSS of a fresh subprocess per
+(implementation, algorithm, batch) that builds the model
 and runs ``--memory-steps`` steps (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). The batches
 come from :class:`fairdarts.data.InMemoryLoader` / ``InfiniteBatches`` over CIFAR-sized
 synthetic images; the time spent in ``next()`` is reported as a share of our step.
