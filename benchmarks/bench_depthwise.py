@@ -57,10 +57,12 @@ def measure(k: int, d: int, s: int, channels: int, size: int, batch: int, repeat
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'k':>2} {'d':>2} {'s':>2} {'C':>4} {'px':>4} {'plain ms':>9} {'ours ms':>8} {'speed-up':>9} {'rel diff':>9}"
+    head = (f"{'k':>2} {'d':>2} {'s':>2} {'C':>4} {'px':>4} "
+            f"{'plain ms':>9} {'ours ms':>8} {'speed-up':>9} {'rel diff':>9}")
     lines = [head, "-" * len(head)]
     lines += [f"{r['kernel']:>2} {r['dilation']:>2} {r['stride']:>2} {r['channels']:>4} {r['size']:>4} "
-              f"{r['plain_ms']:>9.2f} {r['ours_ms']:>8.2f} {r['speedup']:>8.1f}x {r['max_rel_diff']:>9.1e}" for r in rows]
+              f"{r['plain_ms']:>9.2f} {r['ours_ms']:>8.2f} {r['speedup']:>8.1f}x {r['max_rel_diff']:>9.1e}"
+              for r in rows]
     return "\n".join(lines)
 
 

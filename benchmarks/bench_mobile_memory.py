@@ -54,7 +54,8 @@ def measure(model: str, batches: list[int], width_mult: float, size: int) -> dic
         print(f"{model} batch {b}: peak RSS {peaks[-1]:.0f} MiB", file=sys.stderr, flush=True)
     slope = (peaks[-1] - peaks[0]) / (batches[-1] - batches[0])
     return {"model": model, "width_mult": width_mult, "image_size": size, "batches": batches,
-            "peak_rss_mib": peaks, "mib_per_image": round(slope, 1), "fixed_mib": round(peaks[0] - slope * batches[0], 1)}
+            "peak_rss_mib": peaks, "mib_per_image": round(slope, 1),
+            "fixed_mib": round(peaks[0] - slope * batches[0], 1)}
 
 
 def main() -> None:

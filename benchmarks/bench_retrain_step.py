@@ -57,7 +57,8 @@ def measure(arch: str, channels: int, layers: int, batch: int, steps: int, warmu
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'arch':<12} {'C':>3} {'L':>3} {'batch':>5} {'device':>7} {'amp':>4} {'cl':>3} {'median s':>9} {'min s':>8} {'max s':>8} {'img/s':>8}"
+    head = (f"{'arch':<12} {'C':>3} {'L':>3} {'batch':>5} {'device':>7} {'amp':>4} {'cl':>3} "
+            f"{'median s':>9} {'min s':>8} {'max s':>8} {'img/s':>8}")
     lines = [head, "-" * len(head)]
     lines += [f"{r['arch']:<12} {r['init_channels']:>3} {r['layers']:>3} {r['batch']:>5} {r['device']:>7} "
               f"{'y' if r['amp'] else 'n':>4} {'y' if r['channels_last'] else 'n':>3} {r['median_s']:>9.3f} "

@@ -10,8 +10,9 @@ search step (architecture step + weight step) is timed ``--repeats`` times after
 ``--warmup`` steps, and so is the weight pass alone (forward and backward of the training
 loss, what every step and every retraining step pays). Each time is taken twice: wall clock
 and the CPU time of the calling thread (``time.thread_time``); on a shared machine the CPU
-time still counts only this process's own work, so its ratios hold under load. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the
-peak RSS of a fresh subprocess per (implementation, algorithm, batch) that builds the model
+time still counts only this process's own work, so its ratios hold under load. Peak memory: on
+CUDA ``torch.cuda.max_memory_allocated``; on the CPU the peak RSS of a fresh subprocess per
+(implementation, algorithm, batch) that builds the model
 and runs ``--memory-steps`` steps (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). The batches
 come from :class:`fairdarts.data.InMemoryLoader` / ``InfiniteBatches`` over CIFAR-sized
 synthetic images; the time spent in ``next()`` is reported as a share of our step.
@@ -197,7 +198,9 @@ def synthetic_batches(size: NetSize, batch_size: int, seed: int, device: torch.d
 def in_memory_batches(size: NetSize, batch_size: int, num_images: int, seed: int,
                       device: torch.device) -> tuple[Iterator[Batch], Iterator[Batch]]:
     """The search's own data path on CIFAR-sized synthetic uint8 images: two infinite iterators."""
-    from fairdarts.data import DATASETS, BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, split_train_portion
+    from fairdarts.data import (
+        DATASETS, BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, split_train_portion,
+    )
 
     info = DATASETS["cifar10"]
     g = torch.Generator().manual_seed(seed)
@@ -381,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                     peaks[name, bs, impl] = peak_rss_subprocess(impl, name, size, bs, args.memory_steps, args.threads)
                 print(f"peak RSS {name} batch {bs}: ours {peaks[name, bs, 'ours']:.0f} MiB, "
                       f"textbook {peaks[name, bs, 'textbook']:.0f} MiB", flush=True)
-        result["peak_rss_mib"] = [{"algorithm": a, "batch": b, "impl": i, "peak_mib": v} for (a, b, i), v in peaks.items()]
+        result["peak_rss_mib"] = [{"algorithm": a, "batch": b, "impl": i, "peak_mib": v}
+                                  for (a, b, i), v in peaks.items()]
         write_json(args.out, result)
     if args.memory_only:
         return 0

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     genotype = get_genotype(args.arch)
     if isinstance(genotype, MobileGenotype):
         raise UserError(f"{args.arch} is a mobile genotype (a chain of layers, no cells to draw); "
-                        "`python -m fairdarts.summary --arch` sizes it, a search's plots/alpha_mobile.png shows its gates")
+                        "`python -m fairdarts.summary --arch` sizes it, "
+                        "a search's plots/alpha_mobile.png shows its gates")
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():
         name = "genotype"

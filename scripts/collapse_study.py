@@ -330,7 +330,7 @@ def cell_section(runs: list[Run], out: Path) -> list[str]:
         if not has_dot:
             lines.append("")
             lines.append("Graphviz `dot` was not found when this report was made: the cells are drawn only as "
-                         f"`.dot` sources under `cells/`.")
+                         "`.dot` sources under `cells/`.")
         for rule in RULES:
             g = r.genotype(rule)
             if not g.normal and not g.reduce:
@@ -428,7 +428,8 @@ def retrain(runs: list[Run], out: Path) -> None:
         shutil.copyfile(log, kept)
         summary["runs"][r.label]["retrain"] = {
             "search_folder": os.path.relpath(r.folder, out), "rule": rule, "why": why,
-            "genotype": r.genotype(rule).to_dict(), "epochs": r.config["epochs"], "test_top1": final_test_top1(log), "log": os.path.relpath(kept, out),
+            "genotype": r.genotype(rule).to_dict(), "epochs": r.config["epochs"], "test_top1": final_test_top1(log),
+            "log": os.path.relpath(kept, out),
             "wall_seconds": log_span(log.read_text().splitlines())}
     path.write_text(json.dumps(summary, indent=1) + "\n")
 

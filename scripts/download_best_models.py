@@ -1,4 +1,4 @@
-"""Download the official Fair DARTS checkpoints listed in best_model/manifest.yaml and check them.
+"""Download the official Fair DARTS checkpoints listed in fairdarts/best_models.yaml and check them.
 
     python scripts/download_best_models.py [FILE ...] [--dest best_model] [--force]
 
@@ -24,6 +24,7 @@ from fairdarts.run_dir import atomic_write_bytes  # noqa: E402
 from fairdarts.safe_io import load_yaml, read_text_limited  # noqa: E402
 
 TIMEOUT_S = 60
+DEST = Path(__file__).resolve().parents[1] / "best_model"
 
 
 def raw_url(source: str, name: str) -> str:
@@ -80,7 +81,7 @@ def download_verified(url: str, path: Path, entry: dict, fetch_bytes=None) -> st
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CLIParser(prog="download_best_models.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", help="file names from the manifest (default: all)")
-    parser.add_argument("--dest", default=str(MANIFEST.parent), help="folder to write into")
+    parser.add_argument("--dest", default=str(DEST), help="folder to write into")
     parser.add_argument("--force", action="store_true", help="download again even when the file exists")
     args = parser.parse_args(argv)
     if not MANIFEST.is_file():

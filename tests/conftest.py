@@ -1,4 +1,4 @@
-"""Shared test helpers: where ../shared lives, small thread counts."""
+"""Shared test helpers: the fixture files (tests/fixtures, copied from ../shared), small thread counts."""
 from __future__ import annotations
 
 import os
@@ -10,15 +10,41 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FAULTS = Path(__file__).resolve().parent / "faults"
+COMPAT = FIXTURES / "compat"
 
 torch.set_num_threads(2)
+
+#: Files whose every test is in the slow tier: multi-process searches and the benchmark smoke runs.
+SLOW_FILES = frozenset({"test_search_ddp.py", "test_benchmarks.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the fault suite, the end-to-end tests and the files in SLOW_FILES in the ``slow`` tier,
+    so that ``pytest -m "not slow"`` is the quick check and one rule, not a marker per test, says what is slow."""
+    for item in items:
+        if FAULTS in item.path.parents or item.path.name in SLOW_FILES or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """../shared, for the tests that check tests/fixtures against the files it was copied from."""
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the shared facts folder beside the checkout) is absent")
     return SHARED
+
+
+def compat_files(name: str) -> tuple[Path, Path]:
+    """The official-layout checkpoint ``NAME-C16-L8.tar`` and its reference logits ``.io.pt``.
+
+    The repository keeps two of them (tests/fixtures/compat, a few MB); the other three are read
+    from ../shared/compat when it is beside the checkout, and their tests skip otherwise. Every
+    layout's keys and shapes are in tests/fixtures/compat/state_dict_shapes.json either way."""
+    for folder in (COMPAT, SHARED / "compat"):
+        if (folder / f"{name}-C16-L8.tar").is_file():
+            return folder / f"{name}-C16-L8.tar", folder / f"{name}-C16-L8.io.pt"
+    pytest.skip(f"{name}-C16-L8.tar is kept only in {SHARED / 'compat'}, which is absent")
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,8 @@ def test_split_train_portion_is_the_unshuffled_darts_split():
 
 
 def test_synthetic_is_deterministic_and_learnable():
-    a, b = make_synthetic(200, 8, seed=3), load_dataset("synthetic", "unused", "train", image_size=8, synthetic_size=200)
+    a = make_synthetic(200, 8, seed=3)
+    b = load_dataset("synthetic", "unused", "train", image_size=8, synthetic_size=200)
     assert torch.equal(a.images, make_synthetic(200, 8, seed=3).images) and not torch.equal(a.images, b.images)
     assert a.images.shape == (200, 3, 8, 8) and a.info.image_size == 8 and a.info == b.info
     colours = torch.stack([a.images[a.labels == c].float().mean((0, 2, 3)) for c in range(10)])
@@ -223,7 +224,8 @@ def _images(n: int = 6, size: int = 12, seed: int = 0) -> torch.Tensor:
 
 def test_normalize_is_totensor_then_normalize():
     x = _images()
-    expected = (x.double() / 255 - torch.tensor(MEAN).double().view(1, 3, 1, 1)) / torch.tensor(STD).double().view(1, 3, 1, 1)
+    mean, std = torch.tensor(MEAN).double().view(1, 3, 1, 1), torch.tensor(STD).double().view(1, 3, 1, 1)
+    expected = (x.double() / 255 - mean) / std
     torch.testing.assert_close(normalize(x, MEAN, STD), expected.float())
     plain = BatchAugment(MEAN, STD, crop_padding=0, flip=False)
     assert torch.equal(plain(x, torch.Generator()), normalize(x, MEAN, STD))
@@ -299,7 +301,10 @@ def _same(a, b) -> bool:
 
 def test_in_memory_loader_epochs_are_deterministic_permutations():
     data, aug = _indexed(23), BatchAugment(MEAN, STD, crop_padding=2, cutout_length=2)
-    make = lambda seed: InMemoryLoader(data, list(range(23)), 5, "cpu", shuffle=True, augment=aug, seed=seed)
+
+    def make(seed: int) -> InMemoryLoader:
+        return InMemoryLoader(data, list(range(23)), 5, "cpu", shuffle=True, augment=aug, seed=seed)
+
     loader = make(0)
     assert len(loader) == 5
     epoch0 = _run(loader)
@@ -351,8 +356,11 @@ def test_ranks_share_each_epoch_disjointly():
 
 def test_infinite_batches_cross_epochs_and_resume():
     data = _indexed(10)
-    make = lambda: InMemoryLoader(data, range(10), 4, "cpu", shuffle=True,
-                                  augment=BatchAugment(MEAN, STD, crop_padding=2), seed=1)
+
+    def make() -> InMemoryLoader:
+        return InMemoryLoader(data, range(10), 4, "cpu", shuffle=True,
+                              augment=BatchAugment(MEAN, STD, crop_padding=2), seed=1)
+
     stream = InfiniteBatches(make())
     got = [next(stream) for _ in range(7)]
     assert stream.state_dict() == {"epoch": 2, "batch": 1}

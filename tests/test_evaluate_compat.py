@@ -1,8 +1,10 @@
-"""evaluate.py on official-layout checkpoints (../shared/compat): logits to 1e-5 through the
+"""evaluate.py on official-layout checkpoints (tests/fixtures/compat): logits to 1e-5 through the
 CLI's loading path, a CIFAR-format test set, ONNX export, and one-line errors for a checkpoint
-that does not fit its genotype, a corrupt file, a missing genotype or a missing published file."""
+that does not fit its genotype, a corrupt file, a missing genotype or a missing published file;
+every official layout loads strictly through the CLI's loading path."""
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -12,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import COMPAT, compat_files
 from fairdarts.errors import run_cli
 from fairdarts.evaluation.cli import main
+from fairdarts.evaluation.evaluator import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["FairDARTS_a", "FairDARTS_b", "FairDARTS_c", "DARTS_V2", "PC_DARTS_cifar"]
@@ -21,8 +25,7 @@ CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
 CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 
 
-def compat(shared_dir: Path, name: str) -> tuple[Path, Path]:
-    return shared_dir / "compat" / f"{name}-C16-L8.tar", shared_dir / "compat" / f"{name}-C16-L8.io.pt"
+SHAPES = json.loads((COMPAT / "state_dict_shapes.json").read_text())
 
 
 def one_line_error(argv: list[str], capsys) -> str:
@@ -35,8 +38,8 @@ def one_line_error(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_official_checkpoint_logits_through_evaluate(shared_dir, name, tmp_path, capsys):
-    tar, io = compat(shared_dir, name)
+def test_official_checkpoint_logits_through_evaluate(name, tmp_path, capsys):
+    tar, io = compat_files(name)
     out = tmp_path / "logits.pt"
     assert main(["--model_path", str(tar), "--arch", name, "--init_channels", "16", "--layers", "8",
                  "--inputs", str(io), "--dump_logits", str(out), "--device", "cpu"]) == 0
@@ -48,9 +51,9 @@ def test_official_checkpoint_logits_through_evaluate(shared_dir, name, tmp_path,
 
 
 @pytest.fixture()
-def cifar_test_set(shared_dir, tmp_path) -> Path:
+def cifar_test_set(tmp_path) -> Path:
     """A CIFAR-10 folder whose test_batch holds the 4 stored inputs, de-normalised to uint8."""
-    x = torch.load(compat(shared_dir, "FairDARTS_a")[1], weights_only=True)["input"]
+    x = torch.load(compat_files("FairDARTS_a")[1], weights_only=True)["input"]
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     images = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
     folder = tmp_path / "cifar-10-batches-py"
@@ -63,8 +66,8 @@ def cifar_test_set(shared_dir, tmp_path) -> Path:
     return tmp_path
 
 
-def test_cifar_format_test_set_per_class_and_confusion(shared_dir, cifar_test_set, tmp_path, capsys):
-    tar, _ = compat(shared_dir, "FairDARTS_a")
+def test_cifar_format_test_set_per_class_and_confusion(cifar_test_set, tmp_path, capsys):
+    tar, _ = compat_files("FairDARTS_a")
     png = tmp_path / "confusion.png"
     assert main(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "8",
                  "--dataset", "cifar10", "--data", str(cifar_test_set), "--device", "cpu", "--per_class",
@@ -74,9 +77,9 @@ def test_cifar_format_test_set_per_class_and_confusion(shared_dir, cifar_test_se
     assert png.stat().st_size > 0
 
 
-def test_onnx_export_matches_pytorch(shared_dir, tmp_path, capsys):
+def test_onnx_export_matches_pytorch(tmp_path, capsys):
     pytest.importorskip("onnx")
-    tar, io = compat(shared_dir, "FairDARTS_a")
+    tar, io = compat_files("FairDARTS_a")
     path = tmp_path / "net.onnx"
     assert main(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "8",
                  "--inputs", str(io), "--device", "cpu", "--export", "onnx", "--export_path", str(path)]) == 0
@@ -90,8 +93,8 @@ def test_onnx_export_matches_pytorch(shared_dir, tmp_path, capsys):
     assert "onnxruntime max |logit diff|" in out
 
 
-def test_checkpoint_not_fitting_the_genotype_names_keys(shared_dir, capsys):
-    tar, io = compat(shared_dir, "FairDARTS_a")
+def test_checkpoint_not_fitting_the_genotype_names_keys(capsys):
+    tar, io = compat_files("FairDARTS_a")
     err = one_line_error(["--model_path", str(tar), "--arch", "DARTS_V2", "--init_channels", "16", "--layers", "8",
                           "--inputs", str(io)], capsys)
     assert "does not fit --arch DARTS_V2" in err and "missing: cells.0._ops." in err and "unexpected: " in err
@@ -100,14 +103,14 @@ def test_checkpoint_not_fitting_the_genotype_names_keys(shared_dir, capsys):
     assert "layers=9: missing: cells." in err
 
 
-def test_corrupt_and_missing_files_fail_in_one_line(shared_dir, tmp_path, capsys):
+def test_corrupt_and_missing_files_fail_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"\x80\x02not a checkpoint at all")
     assert "corrupt" in one_line_error(["--model_path", str(bad), "--arch", "FairDARTS_a"], capsys)
     truncated = tmp_path / "truncated.tar"
-    truncated.write_bytes(compat(shared_dir, "FairDARTS_a")[0].read_bytes()[:5000])
+    truncated.write_bytes(compat_files("FairDARTS_a")[0].read_bytes()[:5000])
     one_line_error(["--model_path", str(truncated), "--arch", "FairDARTS_a"], capsys)
-    tar, _ = compat(shared_dir, "FairDARTS_a")
+    tar, _ = compat_files("FairDARTS_a")
     assert "--arch" in one_line_error(["--model_path", str(tar)], capsys)  # official layout, not in the manifest
     err = one_line_error(["--model_path", str(tmp_path / "FairDARTS-b.tar")], capsys)
     assert "download_best_models.py FairDARTS-b.tar" in err
@@ -115,11 +118,33 @@ def test_corrupt_and_missing_files_fail_in_one_line(shared_dir, tmp_path, capsys
     assert "export" in one_line_error(["--model_path", str(tar), "--export", "tflite"], capsys)
 
 
-def test_root_entry_runs(shared_dir):
-    tar, io = compat(shared_dir, "DARTS_V2")
+def test_root_entry_runs():
+    tar, io = compat_files("DARTS_V2")
     proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tar), "--arch", "DARTS_V2",
                            "--init_channels", "16", "--layers", "8", "--inputs", str(io), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     diff = float(proc.stdout.split("max |logit - reference logit| = ")[1].split()[0])
     assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_official_layout_loads_strictly(name, tmp_path):
+    """Keys and shapes of all five official checkpoints (the repository keeps the weights of two)."""
+    shapes = SHAPES[name]
+    state = {k: torch.zeros(s, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+             for k, s in shapes.items()}
+    path = tmp_path / f"{name}.tar"
+    torch.save({"state_dict": state, "epoch": 1, "best_acc_top1": 0.0}, path)
+    loaded = load_model(path, arch=name, init_channels=16, layers=8, manifest={})
+    assert loaded.source == "official" and loaded.meta["auxiliary"]
+    assert {k: list(v.shape) for k, v in loaded.model.state_dict().items()} == shapes
+
+
+def test_fixtures_are_the_shared_files(shared_dir):
+    """tests/fixtures/compat is a copy of ../shared/compat: byte-equal files, shapes read off every checkpoint."""
+    for kept in sorted(COMPAT.glob("*.tar")) + sorted(COMPAT.glob("*.io.pt")) + [COMPAT / "README.md"]:
+        assert kept.read_bytes() == (shared_dir / "compat" / kept.name).read_bytes(), kept.name
+    for name in NAMES:
+        state = torch.load(shared_dir / "compat" / f"{name}-C16-L8.tar", weights_only=True)["state_dict"]
+        assert list(SHAPES[name]) == list(state) and all(SHAPES[name][k] == list(v.shape) for k, v in state.items())

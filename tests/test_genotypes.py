@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FIXTURES
 from fairdarts.errors import UserError
 from fairdarts.search_space import (
     genotype_from_dict, get_genotype, make_genotype, parse_genotype_text, registered_names,
@@ -16,8 +17,12 @@ PUBLISHED = ["FairDARTS_a", "FairDARTS_b", "FairDARTS_c", "FairDARTS_d", "FairDA
              "DARTS_EXP1_RE1"]
 
 
-def test_registry_holds_every_shared_genotype(shared_dir: Path) -> None:
-    shared = json.loads((shared_dir / "genotypes.json").read_text())["genotypes"]
+def test_fixture_is_the_shared_genotype_file(shared_dir: Path) -> None:
+    assert (FIXTURES / "genotypes.json").read_bytes() == (shared_dir / "genotypes.json").read_bytes()
+
+
+def test_registry_holds_every_shared_genotype() -> None:
+    shared = json.loads((FIXTURES / "genotypes.json").read_text())["genotypes"]
     assert set(shared) == {n for n in registered_names() if get_genotype(n).form != "mobile"}  # S2: test_mobile
     for name, entry in shared.items():
         g = get_genotype(name)

@@ -1,12 +1,11 @@
 """Derived networks: official checkpoints load strictly and reproduce their logits; FLOPs/params."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import fairdarts
+from conftest import compat_files
 from fairdarts.errors import UserError
 from fairdarts.search_space import get_genotype, registered_names
 
@@ -24,9 +23,9 @@ PUBLISHED = {
 
 
 @pytest.mark.parametrize("name", COMPAT)
-def test_official_checkpoint_loads_strictly_and_reproduces_logits(name: str, shared_dir: Path) -> None:
-    ckpt = torch.load(shared_dir / "compat" / f"{name}-C16-L8.tar", weights_only=True)
-    io = torch.load(shared_dir / "compat" / f"{name}-C16-L8.io.pt", weights_only=True)
+def test_official_checkpoint_loads_strictly_and_reproduces_logits(name: str) -> None:
+    tar, io_path = compat_files(name)
+    ckpt, io = torch.load(tar, weights_only=True), torch.load(io_path, weights_only=True)
     net = fairdarts.build_network(name, init_channels=16, layers=8, num_classes=10, auxiliary=True)
     ours = net.state_dict()
     assert list(ours.keys()) == list(ckpt["state_dict"].keys()) or set(ours) == set(ckpt["state_dict"])

@@ -123,6 +123,7 @@ def _alphas(run: Path) -> tuple[np.ndarray, str]:
     return np.concatenate([hist["raw_normal"].ravel(), hist["raw_reduce"].ravel()]), (run / "genotype.txt").read_text()
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     args = [*TINY, "--epochs", "2", "--max_steps_per_epoch", "3", "--parse_method", "darts", "--progress"]
     ref = tmp_path / "ref"
@@ -156,6 +157,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert "resumed from" in (killed / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_alpha_plots_are_redrawn_every_plot_every_epochs_and_at_the_end(tmp_path, monkeypatch):
     from fairdarts.search import searcher
 

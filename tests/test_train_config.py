@@ -41,11 +41,13 @@ def test_imagenet_switches_network_and_defaults():
     assert resolved(["--dataset", "imagenet", "--layers", "12"]).layers == 12
 
 
-@pytest.mark.parametrize("preset,argv", [("train_cifar10.yaml", []), ("train_imagenet.yaml", ["--dataset", "imagenet"])])
+@pytest.mark.parametrize("preset,argv",
+                         [("train_cifar10.yaml", []), ("train_imagenet.yaml", ["--dataset", "imagenet"])])
 def test_yaml_presets_equal_the_defaults(preset, argv):
     from_file = load_config_file(TrainConfig, REPO / "configs" / preset).resolved()
     from_flags = resolved(argv)
-    differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(from_file, f.name) != getattr(from_flags, f.name)}
+    differ = {f.name for f in dataclasses.fields(TrainConfig)
+              if getattr(from_file, f.name) != getattr(from_flags, f.name)}
     assert differ <= {"cutout"}, differ  # ImageNet's preset turns cutout off (no effect on folder data)
 
 

@@ -102,6 +102,7 @@ def test_arch_from_a_search_run_folder(tmp_path):
     assert derived.form == "darts" and len(derived.normal) == 8
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_unbroken_run(tmp_path):
     """Kill a training subprocess after its 2nd epoch checkpoint, resume, compare with an unbroken
     run. Drop path (0.2, ramped), crop/flip and cutout are on: all of their randomness is restored."""
@@ -133,6 +134,7 @@ def test_resume_after_sigkill_matches_an_unbroken_run(tmp_path):
     assert "resumed from" in (broken / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path):
     """2 gloo processes with global batch 8 (4 per rank) end with the same weights as 1 process
     with batch 8 split into 2 micro-batches of 4 (``--accum_steps 2``).

@@ -1,7 +1,7 @@
 """``python evaluate.py --model_path X``: FLOPs and params, then top-1 / top-5 and loss on the test set.
 
 A project checkpoint needs no other flag (genotype, sizes and dataset are inside); an official
-one takes the genotype from ``--arch`` or from ``best_model/manifest.yaml``. ``--inputs FILE``
+one takes the genotype from ``--arch`` or from ``fairdarts/best_models.yaml``. ``--inputs FILE``
 evaluates a saved tensor batch (``{'input': [N,C,H,W] normalised, 'target'?: [N], 'logits'?: [N,K]}``)
 instead of a dataset; with reference logits in it the largest difference is printed.
 """

@@ -6,7 +6,7 @@ Two layouts load (always through :func:`fairdarts.checkpoint.load_checkpoint`, w
 * this project's retraining checkpoints (``format: fairdarts-train/1``): the genotype, network
   sizes and dataset are inside, nothing else is needed;
 * the official ones, ``{'state_dict': ..., 'epoch', 'best_acc_top1'}`` (or a bare state dict):
-  the genotype comes from ``arch`` or from ``best_model/manifest.yaml`` when the file name is
+  the genotype comes from ``arch`` or from ``fairdarts/best_models.yaml`` when the file name is
   listed there; the class count, input channels, auxiliary head and network family are read off
   the weights, the channel and layer counts from the flags, the manifest, or 36 / 20.
 
@@ -33,7 +33,7 @@ from fairdarts.run_dir import atomic_write_bytes
 from fairdarts.safe_io import load_yaml, read_text_limited
 from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, genotype_from_dict, get_genotype
 
-MANIFEST = Path(__file__).resolve().parents[2] / "best_model" / "manifest.yaml"
+MANIFEST = Path(__file__).resolve().parents[1] / "best_models.yaml"  # package data: works without the repository
 OFFICIAL_DEFAULT_SIZES = {"init_channels": 36, "layers": 20}
 
 
