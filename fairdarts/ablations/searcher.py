@@ -3,7 +3,7 @@
 :class:`DartsSearcher` is :class:`fairdarts.search.searcher.Searcher` plus two hooks:
 
 * ``--noise_darts``: after the supernet is built, every stride-1 skip op becomes a
-  :class:`darts.noise.NoisySkip`; at the start of every epoch its scale is set to
+  :class:`fairdarts.ablations.noise.NoisySkip`; at the start of every epoch its scale is set to
   ``noise_scale(epoch, max_step, noise_scheduler)``. The noise draws come from torch's global
   RNG, which the search checkpoint captures, so a resumed run is the uninterrupted run.
 * ``--reweight``: the derived genotype is written as ``[op, from, weight]`` with the gate weights.
@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from fairdarts.ablations.config import DartsSearchConfig
+from fairdarts.ablations.noise import add_skip_noise, noise_scale, set_noise_scale
+from fairdarts.ablations.reweight import reweight_genotype
 from fairdarts.distributed import DistContext
 from fairdarts.search.loop import EpochStats
 from fairdarts.search.searcher import SearchData, Searcher
 from fairdarts.search_space import Genotype
-
-from darts.noise import add_skip_noise, noise_scale, set_noise_scale
-from darts.config import DartsSearchConfig
-from darts.reweight import reweight_genotype
 
 
 class DartsSearcher(Searcher):
