@@ -3,7 +3,7 @@
 A genotype is kept when its normal cell has exactly ``num_identity`` skip connections and its
 full-size network (36 channels, 20 layers, CIFAR) reaches ``flops_threshold`` MFLOPs. The FLOPs
 are counted from the genotype (:func:`fairdarts.search_space.cost.network_cost`, thop's numbers
-in microseconds) instead of building and profiling each network, so hundreds of samples take
+in about a millisecond) instead of building and profiling each network, so hundreds of samples take
 seconds. The search gives up after ``max_tries`` samples so an impossible request ends with a
 message.
 """
@@ -157,6 +157,7 @@ def run_random_search(cfg: DartsSearchConfig) -> int:
 
 def _random_search_run(cfg: DartsSearchConfig, run_dir: Path, data: SearchData | None, device: torch.device,
                        logger: logging.Logger) -> int:
+    """Sample, keep, optionally train and rank, write: the run inside its opened folder."""
     logger.info("random search: %d genotypes with %d skip connections in the normal cell and >= %sM FLOPs "
                 "(36 channels, 20 layers), at most %d samples, seed %d", cfg.num_arch, cfg.num_identity,
                 cfg.flops_threshold, cfg.max_tries, cfg.seed)

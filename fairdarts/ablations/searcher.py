@@ -23,8 +23,10 @@ from fairdarts.search_space import Genotype
 
 
 class DartsSearcher(Searcher):
+    """The shared searcher with the ``--noise_darts`` and ``--reweight`` hooks (see the module doc)."""
+
     def __init__(self, cfg: DartsSearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
-                 data: SearchData | None = None):
+                 data: SearchData | None = None) -> None:
         super().__init__(cfg, run_dir, dist, logger, data)
         self.noisy_skips = add_skip_noise(self.model, cfg.noise_type) if cfg.noise_darts else []
         if cfg.noise_darts:
@@ -32,6 +34,8 @@ class DartsSearcher(Searcher):
                           cfg.noise_scheduler, cfg.max_step, len(self.noisy_skips))
 
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
+        """Set this epoch's noise scale first: the scale depends on the epoch only, so a resumed run
+        picks it up without storing it."""
         if self.noisy_skips:
             scale = noise_scale(epoch, self.cfg.max_step, self.cfg.noise_scheduler)
             set_noise_scale(self.noisy_skips, scale)
@@ -39,6 +43,7 @@ class DartsSearcher(Searcher):
         return super().train_one_epoch(epoch, lr)
 
     def current_genotype(self) -> Genotype:
+        """With ``--reweight``, the DARTS genotype in the ``[op, from, weight]`` form."""
         if not self.cfg.reweight:
             return super().current_genotype()
         normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())

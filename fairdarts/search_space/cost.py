@@ -42,6 +42,7 @@ class _Cost:
 
 
 def _out(n: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Output length of a convolution or pooling along one axis (PyTorch's formula, floor mode)."""
     return (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -83,12 +84,14 @@ def _dil_conv(c: int, size: Size, k: int, stride: int, padding: int, dilation: i
 
 
 def _sep_conv(c: int, size: Size, k: int, stride: int) -> tuple[_Cost, Size]:
+    """``SepConv``: two depthwise-pointwise-BN blocks, only the first strided."""
     first, out = _dil_conv(c, size, k, stride, k // 2, 1)
     second, out = _dil_conv(c, out, k, 1, k // 2, 1)
     return first + second, out
 
 
 def _conv_7x1_1x7(c: int, size: Size, stride: int) -> tuple[_Cost, Size]:
+    """1x7 then 7x1 conv: the first strides the width only, so the second sees a non-square map."""
     wide, out = _conv(c, c, size, (1, 7), (1, stride), (0, 3))
     tall, out = _conv(c, c, out, (7, 1), (stride, 1), (3, 0))
     return wide + tall + _bn(c), out
@@ -105,6 +108,7 @@ def _skip(c: int, size: Size, stride: int) -> tuple[_Cost, Size]:
 
 
 def _none(size: Size, stride: int) -> tuple[_Cost, Size]:
+    """The ``none`` op: a strided slice times zero, which thop does not see."""
     return _Cost(), (size if stride == 1 else ((size[0] + 1) // 2, (size[1] + 1) // 2))
 
 
@@ -197,7 +201,7 @@ def network_cost(genotype: Genotype | str, init_channels: int = 36, layers: int 
                  auxiliary: bool = False, dataset: str = "cifar10", in_channels: int = 3,
                  image_size: int | None = None) -> ModelCost:
     """What ``count_flops_params(build_network(...), (1, in_channels, size, size))`` returns for the
-    same arguments (those of :func:`fairdarts.build_network`), in microseconds instead of seconds."""
+    same arguments (those of :func:`fairdarts.build_network`), in about a millisecond instead of seconds."""
     g = get_genotype(genotype)
     if not isinstance(g, Genotype):
         raise UserError("network_cost counts cell networks; count a mobile network with count_flops_params")
