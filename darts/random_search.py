@@ -1,166 +1,19 @@
-"""Random search baseline: random alphas -> DARTS genotype, kept under the ablation's rules.
+"""The random-search baseline of the DARTS ablations: ``darts/train_search.py --random_search``.
 
-A genotype is kept when its normal cell has exactly ``num_identity`` skip connections and its
-full-size network (36 channels, 20 layers, CIFAR) reaches ``flops_threshold`` MFLOPs. The
-search gives up after ``max_tries`` samples so an impossible request ends with a message.
+    python darts/random_search.py --num_identity 2 --num_arch 8 --flops_threshold 500
+    python darts/random_search.py --num_arch 4 --train_random_epochs 10 --dataset cifar10
+
+Random alphas -> DARTS genotypes, kept when the normal cell has ``--num_identity`` skip
+connections and the 36-channel, 20-layer network reaches ``--flops_threshold`` MFLOPs
+(counted analytically); ``--train_random_epochs N`` trains and ranks the kept ones.
 """
-from __future__ import annotations
+import sys
+from pathlib import Path
 
-from dataclasses import dataclass
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fairdarts, as for ../train_search.py
 
-import torch
+from fairdarts.ablations.cli import random_search_main  # noqa: E402
+from fairdarts.errors import run_cli  # noqa: E402
 
-from fairdarts import build_network, count_flops_params
-from fairdarts.errors import UserError
-from fairdarts.search_space import DARTS_PRIMITIVES, Genotype, derive, genotypes_with_edges
-from fairdarts.search_space.supernet import num_edges
-
-
-@dataclass(frozen=True)
-class Candidate:
-    genotype: Genotype
-    flops: int
-    params: int
-    tries: int
-
-
-def sample_genotype(generator: torch.Generator, primitives: tuple[str, ...] = DARTS_PRIMITIVES,
-                    steps: int = 4) -> Genotype:
-    """Random alphas (1e-3 * randn, the DARTS init), softmax, DARTS derivation."""
-    shape = (num_edges(steps), len(primitives))
-    cells = [torch.softmax(1e-3 * torch.randn(shape, generator=generator), dim=-1) for _ in range(2)]
-    edges = [derive(w.numpy(), primitives, "darts", steps=steps) for w in cells]
-    return genotypes_with_edges(edges[0], edges[1], "darts", steps)
-
-
-def random_search(num_identity: int = 2, num_arch: int = 8, flops_threshold: float = 500.0,
-                  seed: int = 0, max_tries: int = 5000, init_channels: int = 36, layers: int = 20,
-                  log=print) -> list[Candidate]:
-    """Collect ``num_arch`` distinct genotypes satisfying the skip count and FLOPs rules."""
-    if num_identity < 0 or num_identity > 2 * 4 or num_arch < 1 or flops_threshold < 0:
-        raise UserError(f"random search needs 0 <= num_identity <= 8, num_arch >= 1, flops_threshold >= 0; "
-                        f"got {num_identity}, {num_arch}, {flops_threshold}")
-    generator = torch.Generator().manual_seed(seed)
-    kept: list[Candidate] = []
-    seen: set[str] = set()
-    for tries in range(1, max_tries + 1):
-        g = sample_genotype(generator)
-        text = g.to_text()
-        if g.count_op("skip_connect") != num_identity or text in seen:
-            continue
-        seen.add(text)
-        cost = count_flops_params(build_network(g, init_channels, layers), (1, 3, 32, 32))
-        if cost.flops < flops_threshold * 1e6:
-            continue
-        kept.append(Candidate(g, cost.flops, cost.params_no_aux, tries))
-        log(f"kept genotype {len(kept)}/{num_arch} after {tries} samples: "
-            f"{cost.flops / 1e6:.1f}M FLOPs, {cost.params_no_aux / 1e6:.2f}M params")
-        if len(kept) == num_arch:
-            return kept
-    raise UserError(f"random search found only {len(kept)} of {num_arch} genotypes with {num_identity} skip "
-                    f"connections and >= {flops_threshold}M FLOPs in {max_tries} samples; lower "
-                    f"--flops_threshold, change --num_identity or raise --max_tries")
-
-
-# ----- the --random_search command ---------------------------------------------------------
-def write_candidates(run_dir, candidates: list[Candidate], ranking: list[dict] | None = None) -> None:
-    """``random_genotypes.json`` (genotypes with FLOPs/params) and ``random_genotypes.txt``
-    (the official ``Genotype(...)`` text), plus ``random/arch_XX.json`` for ``--arch``."""
-    import json
-    from pathlib import Path
-
-    from fairdarts.run_dir import atomic_write_text
-
-    run_dir = Path(run_dir)
-    (run_dir / "random").mkdir(parents=True, exist_ok=True)
-    entries, lines = [], []
-    for i, c in enumerate(candidates):
-        entry = {"name": f"arch_{i:02d}", "flops": c.flops, "params": c.params, "tries": c.tries,
-                 "genotype": c.genotype.to_dict()}
-        if ranking is not None:
-            entry.update(next(r for r in ranking if r["name"] == entry["name"]))
-        entries.append(entry)
-        atomic_write_text(run_dir / "random" / f"arch_{i:02d}.json", c.genotype.to_json() + "\n")
-        extra = f" valid_acc {entry['valid_acc']:.2f} rank {entry['rank']}" if ranking is not None else ""
-        lines.append(f"# arch_{i:02d}: {c.flops / 1e6:.1f}M FLOPs, {c.params / 1e6:.2f}M params "
-                     f"(36 channels, 20 layers, no aux){extra}\n{c.genotype.to_text()}")
-    atomic_write_text(run_dir / "random_genotypes.json", json.dumps(entries, indent=1) + "\n")
-    atomic_write_text(run_dir / "random_genotypes.txt", "\n".join(lines) + "\n")
-
-
-def train_and_rank(candidates: list[Candidate], cfg, data, device, log=print) -> list[dict]:
-    """Train each genotype ``cfg.train_random_epochs`` epochs at ``--init_channels``/``--layers``
-    on the weight half, measure it on the other half; rank 1 = best validation accuracy."""
-    import itertools
-
-    import torch.nn.functional as F
-
-    from fairdarts.reproducibility import seed_everything
-
-    results = []
-    for i, c in enumerate(candidates):
-        seed_everything(cfg.seed)
-        net = build_network(c.genotype, cfg.init_channels, cfg.layers, data.num_classes,
-                            in_channels=data.in_channels, image_size=cfg.image_size or 32).to(device)
-        opt = torch.optim.SGD(net.parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
-        for epoch in range(cfg.train_random_epochs):
-            data.train.set_epoch(epoch)
-            net.train()
-            for x, y in itertools.islice(data.train, cfg.max_steps_per_epoch):
-                opt.zero_grad(set_to_none=True)
-                logits, _ = net(x)
-                F.cross_entropy(logits, y).backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-        net.eval()
-        correct = n = 0
-        with torch.no_grad():
-            for x, y in itertools.islice(data.valid, cfg.max_steps_per_epoch):
-                correct += int((net(x)[0].argmax(1) == y).sum())
-                n += len(y)
-        acc = 100.0 * correct / max(n, 1)
-        log(f"arch_{i:02d}: valid_acc {acc:.2f} after {cfg.train_random_epochs} epochs")
-        results.append({"name": f"arch_{i:02d}", "valid_acc": acc})
-    for rank, r in enumerate(sorted(results, key=lambda r: -r["valid_acc"]), 1):
-        r["rank"] = rank
-    return results
-
-
-def run_random_search(cfg) -> int:
-    """``darts/train_search.py --random_search``: sample, keep, write (and optionally train and rank)."""
-    import dataclasses
-
-    from fairdarts.config import save_config
-    from fairdarts.distributed import init_distributed
-    from fairdarts.run_dir import claim_run_dir, default_run_name, setup_logger
-    from fairdarts.search.searcher import build_data
-
-    dist = init_distributed(cfg.device)
-    data = build_data(cfg, dist) if cfg.train_random_epochs else None  # missing data fails before the folder
-    cfg = dataclasses.replace(cfg, save=str(cfg.save or default_run_name("random_search")))
-    run_dir, lock, note = claim_run_dir(cfg.save, resume=False)
-    try:
-        logger = setup_logger(run_dir, True)
-        if note:
-            logger.info("note: %s", note)
-        save_config(cfg, run_dir / "config.yaml")
-        return _random_search_run(cfg, run_dir, data, dist, logger)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _random_search_run(cfg, run_dir, data, dist, logger) -> int:
-    logger.info("random search: %d genotypes with %d skip connections in the normal cell and >= %sM FLOPs "
-                "(36 channels, 20 layers), at most %d samples, seed %d", cfg.num_arch, cfg.num_identity,
-                cfg.flops_threshold, cfg.max_tries, cfg.seed)
-    kept = random_search(cfg.num_identity, cfg.num_arch, cfg.flops_threshold, cfg.seed, cfg.max_tries,
-                         log=logger.info)
-    ranking = train_and_rank(kept, cfg, data, dist.device, logger.info) if data is not None else None
-    write_candidates(run_dir, kept, ranking)
-    if ranking is not None:
-        best = min(ranking, key=lambda r: r["rank"])
-        logger.info("best: %s (valid_acc %.2f)", best["name"], best["valid_acc"])
-    logger.info("wrote %s and %s", run_dir / "random_genotypes.json", run_dir / "random_genotypes.txt")
-    return 0
+if __name__ == "__main__":
+    run_cli(random_search_main)

@@ -7,42 +7,16 @@
     python darts/train_search.py --random_search --num_identity 2 --num_arch 8 --flops_threshold 500
 
 Every flag of ``train_search.py`` works here too (same names, same meaning); only the
-defaults are the DARTS ones. Also ``python -m darts.train_search``.
+defaults are the DARTS ones. The code is :mod:`fairdarts.ablations` (``darts/`` holds only the
+command scripts and is no package, so it never shadows PyPI's ``darts``).
 """
-from __future__ import annotations
-
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
 
-if __package__ in (None, ""):  # `python darts/train_search.py`: make the repository importable
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]  # not darts/ itself
-    sys.path.insert(0, str(here.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fairdarts, as for ../train_search.py
 
-from fairdarts.config import resolve_config  # noqa: E402
+from fairdarts.ablations.cli import main  # noqa: E402
 from fairdarts.errors import run_cli  # noqa: E402
-from fairdarts.search import cli as search_cli  # noqa: E402
-from fairdarts.threads import set_threads  # noqa: E402
-
-from darts.config import DartsSearchConfig  # noqa: E402
-from darts.searcher import DartsSearcher  # noqa: E402
-
-PROG = "darts/train_search.py"
-DESCRIPTION = ("DARTS architecture search (softmax over 8 ops) with the Fair DARTS ablations: "
-               "--noise_darts, --random_search, --reweight")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = resolve_config(DartsSearchConfig, argv, PROG, DESCRIPTION)
-    if cfg.random_search:
-        from darts.random_search import run_random_search
-        return run_random_search(dataclasses.replace(cfg, threads=set_threads(cfg.threads)))
-    return search_cli.main(argv, config_cls=DartsSearchConfig, searcher_cls=DartsSearcher, prog=PROG,
-                           description=DESCRIPTION)
-
 
 if __name__ == "__main__":
     run_cli(main)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from darts.config import DartsSearchConfig
+from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.config import build_parser
 from fairdarts.evaluation.cli import main as evaluate_main
 from fairdarts.evaluation.cli import EvalConfig

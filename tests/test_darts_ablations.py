@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import fairdarts
-from darts.noise import NoisySkip, add_skip_noise, noise_scale, set_noise_scale
-from darts.random_search import random_search
+from fairdarts.ablations.noise import NoisySkip, add_skip_noise, noise_scale, set_noise_scale
+from fairdarts.ablations.random_search import random_search
 from fairdarts.errors import UserError
 from fairdarts.search_space import get_genotype
 from fairdarts.search_space.operations import FactorizedReduce
@@ -103,10 +103,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from darts.config import DartsSearchConfig  # noqa: E402
-from darts.reweight import reweight_edges, reweight_genotype  # noqa: E402
-from darts.searcher import DartsSearcher  # noqa: E402
-from darts.train_search import main as darts_main  # noqa: E402
+from fairdarts.ablations.config import DartsSearchConfig  # noqa: E402
+from fairdarts.ablations.reweight import reweight_edges, reweight_genotype  # noqa: E402
+from fairdarts.ablations.searcher import DartsSearcher  # noqa: E402
+from fairdarts.ablations.cli import main as darts_main  # noqa: E402
 from fairdarts.search import cli as search_cli  # noqa: E402
 from fairdarts.search_space import DARTS_PRIMITIVES, make_genotype, registered_names  # noqa: E402
 from fairdarts.search_space.networks import DartsCell  # noqa: E402
@@ -250,7 +250,7 @@ def test_script_noise_run_writes_the_genotype(tmp_path) -> None:
 
 def test_module_random_search_writes_kept_genotypes(tmp_path) -> None:
     run = tmp_path / "random"
-    r = _run(["-m", "darts.train_search"], ["--random_search", "--num_identity", "1", "--num_arch", "2",
+    r = _run(["-m", "fairdarts.ablations.cli"], ["--random_search", "--num_identity", "1", "--num_arch", "2",
                                             "--flops_threshold", "300", "--seed", "3", *TINY,
                                             "--train_random_epochs", "1", "--max_steps_per_epoch", "1",
                                             "--save", str(run)])
@@ -277,3 +277,33 @@ def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path) -> None:
     r = _run(["darts/train_search.py"], [*args, "--save", str(tmp_path / "x")], timeout=120)
     err = r.stderr.strip()
     assert r.returncode != 0 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_random_search_script_keeps_what_the_library_keeps(tmp_path) -> None:
+    run = tmp_path / "random"
+    r = _run(["darts/random_search.py"], ["--num_identity", "1", "--num_arch", "2", "--flops_threshold", "300",
+                                          "--seed", "3", "--device", "cpu", "--save", str(run)])
+    assert r.returncode == 0, r.stderr
+    entries = json.loads((run / "random_genotypes.json").read_text())
+    expected = random_search(num_identity=1, num_arch=2, flops_threshold=300, seed=3, log=lambda *_: None)
+    assert [(e["flops"], e["params"], e["tries"]) for e in entries] == [(c.flops, c.params, c.tries) for c in expected]
+    assert [get_genotype(run / "random" / f"{e['name']}.json") for e in entries] == [c.genotype for c in expected]
+    assert "rank" not in entries[0] and (run / "config.yaml").is_file()
+
+
+def test_darts_folder_never_shadows_an_installed_darts_package(tmp_path) -> None:
+    """``darts/`` holds command scripts only: with another ``darts`` (PyPI's) installed, ``import
+    darts`` from the repository root finds that one, and the scripts still run."""
+    fake = tmp_path / "site" / "darts"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("ORIGIN = 'installed'\n")
+    assert not (REPO / "darts" / "__init__.py").exists()
+    env_path = os.pathsep.join([str(REPO), str(tmp_path / "site")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": env_path}
+    probe = subprocess.run([sys.executable, "-c", "import darts; print(darts.ORIGIN)"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "installed", probe.stderr
+    for script in ("darts/train_search.py", "darts/random_search.py"):
+        r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and f"usage: {script}" in r.stdout, r.stderr

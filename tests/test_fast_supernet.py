@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts.noise import add_skip_noise
+from fairdarts.ablations.noise import add_skip_noise
 from fairdarts.search.architect import Architect, ArchObjective
 from fairdarts.search.loop import SearchStep
 from fairdarts.search_space import DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Supernet

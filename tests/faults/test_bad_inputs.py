@@ -117,7 +117,7 @@ def _dead_run(d: Path) -> None:
 
 def _darts_run(d: Path) -> None:
     """A darts/train_search.py run folder (its config has the ablation options)."""
-    from darts.config import DartsSearchConfig
+    from fairdarts.ablations.config import DartsSearchConfig
 
     run = d / "run"
     run.mkdir()

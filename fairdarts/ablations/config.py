@@ -51,6 +51,7 @@ class DartsSearchConfig(SearchConfig):
     reweight: bool = field_help(False, "write the derived genotype in reweight form [op, from, weight]")
 
     def validate(self) -> None:
+        """The search's checks, plus the combinations the ablations cannot run (one line each)."""
         if self.search_space not in ("cell", "s1"):
             raise UserError("the DARTS ablations run on the cell search space; use train_search.py for --search_space mobile")
         super().validate()

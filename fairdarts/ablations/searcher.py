@@ -3,7 +3,7 @@
 :class:`DartsSearcher` is :class:`fairdarts.search.searcher.Searcher` plus two hooks:
 
 * ``--noise_darts``: after the supernet is built, every stride-1 skip op becomes a
-  :class:`darts.noise.NoisySkip`; at the start of every epoch its scale is set to
+  :class:`fairdarts.ablations.noise.NoisySkip`; at the start of every epoch its scale is set to
   ``noise_scale(epoch, max_step, noise_scheduler)``. The noise draws come from torch's global
   RNG, which the search checkpoint captures, so a resumed run is the uninterrupted run.
 * ``--reweight``: the derived genotype is written as ``[op, from, weight]`` with the gate weights.
@@ -13,19 +13,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from fairdarts.ablations.config import DartsSearchConfig
+from fairdarts.ablations.noise import add_skip_noise, noise_scale, set_noise_scale
+from fairdarts.ablations.reweight import reweight_genotype
 from fairdarts.distributed import DistContext
 from fairdarts.search.loop import EpochStats
 from fairdarts.search.searcher import SearchData, Searcher
 from fairdarts.search_space import Genotype
 
-from darts.noise import add_skip_noise, noise_scale, set_noise_scale
-from darts.config import DartsSearchConfig
-from darts.reweight import reweight_genotype
-
 
 class DartsSearcher(Searcher):
+    """The shared searcher with the ``--noise_darts`` and ``--reweight`` hooks (see the module doc)."""
+
     def __init__(self, cfg: DartsSearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
-                 data: SearchData | None = None):
+                 data: SearchData | None = None) -> None:
         super().__init__(cfg, run_dir, dist, logger, data)
         self.noisy_skips = add_skip_noise(self.model, cfg.noise_type) if cfg.noise_darts else []
         if cfg.noise_darts:
@@ -33,6 +34,8 @@ class DartsSearcher(Searcher):
                           cfg.noise_scheduler, cfg.max_step, len(self.noisy_skips))
 
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
+        """Set this epoch's noise scale first: the scale depends on the epoch only, so a resumed run
+        picks it up without storing it."""
         if self.noisy_skips:
             scale = noise_scale(epoch, self.cfg.max_step, self.cfg.noise_scheduler)
             set_noise_scale(self.noisy_skips, scale)
@@ -40,6 +43,7 @@ class DartsSearcher(Searcher):
         return super().train_one_epoch(epoch, lr)
 
     def current_genotype(self) -> Genotype:
+        """With ``--reweight``, the DARTS genotype in the ``[op, from, weight]`` form."""
         if not self.cfg.reweight:
             return super().current_genotype()
         normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())

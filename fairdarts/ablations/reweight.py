@@ -29,5 +29,6 @@ def reweight_edges(weights: Any, primitives: Sequence[str], steps: int = 4) -> l
 
 
 def reweight_genotype(normal: Any, reduce: Any, primitives: Sequence[str], steps: int = 4) -> Genotype:
+    """Both cells in the reweight form, ready to write as ``genotype.json``."""
     return genotypes_with_edges(reweight_edges(normal, primitives, steps), reweight_edges(reduce, primitives, steps),
                                 "darts-reweight", steps)

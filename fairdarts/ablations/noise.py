@@ -71,5 +71,6 @@ def add_skip_noise(model: Supernet, noise_type: NoiseType) -> list[NoisySkip]:
 
 
 def set_noise_scale(modules: list[NoisySkip], scale: float) -> None:
+    """One scale for every noisy skip: the schedule is global, set once per epoch."""
     for m in modules:
         m.scale = scale
