@@ -341,7 +341,7 @@ def write_json(path: Path, result: dict[str, object]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--quick", action="store_true", help="tiny net (C=4, 3 layers, 16 px), batch 8, 3 repeats")
     p.add_argument("--size", choices=list(SIZES), default=None,
@@ -360,7 +360,68 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-only", action="store_true", help="only the peak-RSS subprocesses (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "vs_textbook.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def measure_peak_rss(args: argparse.Namespace, size: NetSize, batch_sizes: list[int],
+                     result: dict[str, object]) -> dict[tuple[str, int, str], float]:
+    """Peak RSS of one fresh subprocess per (algorithm, batch, implementation), saved in ``result``."""
+    peaks: dict[tuple[str, int, str], float] = {}
+    for name in args.algorithms:
+        for bs in batch_sizes:
+            for impl in IMPLEMENTATIONS:
+                peaks[name, bs, impl] = peak_rss_subprocess(impl, name, size, bs, args.memory_steps, args.threads)
+            print(f"peak RSS {name} batch {bs}: ours {peaks[name, bs, 'ours']:.0f} MiB, "
+                  f"textbook {peaks[name, bs, 'textbook']:.0f} MiB", flush=True)
+    result["peak_rss_mib"] = [{"algorithm": a, "batch": b, "impl": i, "peak_mib": v}
+                              for (a, b, i), v in peaks.items()]
+    write_json(args.out, result)
+    return peaks
+
+
+def add_ratios(ours: dict[str, object], tb: dict[str, object]) -> None:
+    """Textbook over ours for step time, weight-pass time (wall and CPU); ours over textbook for memory."""
+    ours["speedup"] = tb["median_s"] / ours["median_s"]
+    ours["speedup_cpu"] = tb["median_cpu_s"] / ours["median_cpu_s"]
+    ours["weight_speedup"] = tb["weight_median_s"] / ours["weight_median_s"]
+    ours["weight_speedup_cpu"] = tb["weight_median_cpu_s"] / ours["weight_median_cpu_s"]
+    ours["mem_ratio"] = ours["peak_mib"] / tb["peak_mib"]
+
+
+def bench_algorithm(name: str, args: argparse.Namespace, size: NetSize, batch_sizes: list[int], repeats: int,
+                    images: int, device: torch.device, peaks: dict[tuple[str, int, str], float],
+                    result: dict[str, object]) -> None:
+    """Equality check, then timing per batch size of one algorithm, appended to ``result['rows']``."""
+    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    algo = ALGORITHMS[name]
+    check = compare_implementations(algo, size, args.check_batch, device=device,
+                                    dtype=getattr(torch, args.check_dtype))
+    result["equality_rel_err"][name] = check  # type: ignore[index]
+    print(f"equality {name}: " + ", ".join(f"{k} {v:.1e}" for k, v in check.items()), flush=True)
+    for bs in batch_sizes:
+        timing = time_pair(algo, size, bs, args.warmup, repeats, seed=0, device=device, num_images=images)
+        for impl in IMPLEMENTATIONS:
+            if device.type == "cpu":
+                timing[impl]["peak_mib"] = peaks[name, bs, impl]
+            rows.append({"algorithm": name, "batch": bs, "impl": impl, **timing[impl]})
+        ours, tb = rows[-2], rows[-1]
+        add_ratios(ours, tb)
+        print(f"{name} batch {bs}: ours {ours['median_s']:.2f} s, textbook {tb['median_s']:.2f} s", flush=True)
+        result["ours_second_over_first"] = second_over_first(rows)
+        write_json(args.out, result)  # after every configuration: a long run leaves partial results
+
+
+def print_summary(result: dict[str, object], device: torch.device, out: Path) -> None:
+    print()
+    print(f"machine: {result['machine']}")
+    print_table(result["rows"], device)  # type: ignore[arg-type]
+    for bs, ratio in result.get("ours_second_over_first", {}).items():  # type: ignore[union-attr]
+        print(f"ours second order / first order, batch {bs}: {ratio:.2f}x")
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.quick = args.quick or args.size == "quick"
     size = QUICK if args.quick else SIZES[args.size or "full"]
     batch_sizes = args.batch_sizes or ([8] if args.quick else [32, 64])
@@ -374,49 +435,15 @@ def main(argv: list[str] | None = None) -> int:
                                   "allocator_keeps_freed_memory": allocator_tuned,
                                   "repeats": repeats, "warmup": args.warmup, "check_dtype": args.check_dtype,
                                   "check_batch": args.check_batch, "equality_rel_err": {}, "rows": []}
-    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
     peaks: dict[tuple[str, int, str], float] = {}
     if device.type == "cpu":
         # First, while this process is small: Linux keeps a parent's ru_maxrss in a forked child.
-        for name in args.algorithms:
-            for bs in batch_sizes:
-                for impl in IMPLEMENTATIONS:
-                    peaks[name, bs, impl] = peak_rss_subprocess(impl, name, size, bs, args.memory_steps, args.threads)
-                print(f"peak RSS {name} batch {bs}: ours {peaks[name, bs, 'ours']:.0f} MiB, "
-                      f"textbook {peaks[name, bs, 'textbook']:.0f} MiB", flush=True)
-        result["peak_rss_mib"] = [{"algorithm": a, "batch": b, "impl": i, "peak_mib": v}
-                                  for (a, b, i), v in peaks.items()]
-        write_json(args.out, result)
+        peaks = measure_peak_rss(args, size, batch_sizes, result)
     if args.memory_only:
         return 0
     for name in args.algorithms:
-        algo = ALGORITHMS[name]
-        check = compare_implementations(algo, size, args.check_batch, device=device,
-                                        dtype=getattr(torch, args.check_dtype))
-        result["equality_rel_err"][name] = check  # type: ignore[index]
-        print(f"equality {name}: " + ", ".join(f"{k} {v:.1e}" for k, v in check.items()), flush=True)
-        for bs in batch_sizes:
-            timing = time_pair(algo, size, bs, args.warmup, repeats, seed=0, device=device, num_images=images)
-            for impl in IMPLEMENTATIONS:
-                if device.type == "cpu":
-                    timing[impl]["peak_mib"] = peaks[name, bs, impl]
-                rows.append({"algorithm": name, "batch": bs, "impl": impl, **timing[impl]})
-            ours, tb = rows[-2], rows[-1]
-            ours["speedup"] = tb["median_s"] / ours["median_s"]
-            ours["speedup_cpu"] = tb["median_cpu_s"] / ours["median_cpu_s"]
-            ours["weight_speedup"] = tb["weight_median_s"] / ours["weight_median_s"]
-            ours["weight_speedup_cpu"] = tb["weight_median_cpu_s"] / ours["weight_median_cpu_s"]
-            ours["mem_ratio"] = ours["peak_mib"] / tb["peak_mib"]
-            print(f"{name} batch {bs}: ours {ours['median_s']:.2f} s, textbook {tb['median_s']:.2f} s", flush=True)
-            result["ours_second_over_first"] = second_over_first(rows)
-            write_json(args.out, result)  # after every configuration: a long run leaves partial results
-
-    print()
-    print(f"machine: {result['machine']}")
-    print_table(rows, device)
-    for bs, ratio in result.get("ours_second_over_first", {}).items():  # type: ignore[union-attr]
-        print(f"ours second order / first order, batch {bs}: {ratio:.2f}x")
-    print(f"wrote {args.out}")
+        bench_algorithm(name, args, size, batch_sizes, repeats, images, device, peaks, result)
+    print_summary(result, device, args.out)
     return 0
 
 

@@ -118,7 +118,8 @@ class EpochRun(Generic[C]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Checks the format, then loads; a checkpoint of another run is one line of UserError."""
         if state.get("format") != self.checkpoint_format:
-            raise UserError(f"checkpoint is not {self.checkpoint_kind} ({self.checkpoint_format}); cannot resume from it")
+            raise UserError(f"checkpoint is not {self.checkpoint_kind} ({self.checkpoint_format}); "
+                            "cannot resume from it")
         try:
             self.load_modules(state)
         except (RuntimeError, ValueError, KeyError) as exc:

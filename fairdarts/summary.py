@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         except UserError:
             raise
         except RuntimeError as exc:  # e.g. an image too small for the network
-            raise UserError(f"cannot build {name} at {args.image_size or 'its default'} px: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot build {name} at {args.image_size or 'its default'} px: "
+                            f"{str(exc).splitlines()[0]}") from None
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else format_table(rows))
     return 0
 

@@ -9,7 +9,8 @@ from fairdarts.data.loaders import (
 )
 
 __all__ = [
-    "DATASET_CHOICES", "DATASETS", "KNOWN_NAMES", "BatchAugment", "DatasetInfo", "dataset_info", "InMemoryImages", "InMemoryLoader",
+    "DATASET_CHOICES", "DATASETS", "KNOWN_NAMES", "BatchAugment", "DatasetInfo", "dataset_info", "InMemoryImages",
+    "InMemoryLoader",
     "InfiniteBatches", "TorchLoader", "derive_seed", "load_dataset", "load_first", "load_image_folder",
     "make_dataloader", "make_loader", "make_synthetic",
     "normalize", "read_idx", "resize_images", "split_train_portion",

@@ -143,9 +143,11 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             blob = _DataOnlyUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UserError(f"{path}: not a plain CIFAR pickle ({one_line(exc)}); delete it and download it again") from None
+        raise UserError(f"{path}: not a plain CIFAR pickle ({one_line(exc)}); "
+                        "delete it and download it again") from None
     if not isinstance(blob, dict):
-        raise UserError(f"{path}: expected a pickled dict, found {type(blob).__name__}; delete it and download it again")
+        raise UserError(f"{path}: expected a pickled dict, found {type(blob).__name__}; "
+                        "delete it and download it again")
     return blob
 
 
@@ -171,7 +173,8 @@ def _read_cifar(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
     if info.name == "cifar100" and (folder / "meta").is_file():
         names_ = _unpickle(folder / "meta").get(b"fine_label_names")
         if isinstance(names_, list) and len(names_) == info.num_classes:
-            info = dataclasses.replace(info, classes=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_))
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names_)
+            info = dataclasses.replace(info, classes=classes)
     return InMemoryImages(torch.cat(images), torch.cat(labels), info)
 
 
@@ -188,7 +191,8 @@ def _read_svhn(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
         mat = scipy.io.loadmat(str(path))
         x, y = mat["X"], mat["y"]
     except (ValueError, OSError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not an SVHN .mat file with 'X' and 'y' ({one_line(exc)}); download it again") from None
+        raise UserError(f"{path}: not an SVHN .mat file with 'X' and 'y' ({one_line(exc)}); "
+                        "download it again") from None
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8))
     labels = torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)  # SVHN writes the digit 0 as class 10
     return InMemoryImages(images, labels, info)
@@ -222,7 +226,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(raw) - offset != math.prod(dims):
-        raise UserError(f"{path}: {len(raw) - offset} bytes of data for a {dims} array; the file is truncated, download it again")
+        raise UserError(f"{path}: {len(raw) - offset} bytes of data for a {dims} array; "
+                        "the file is truncated, download it again")
     return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
@@ -239,7 +244,8 @@ def _read_mnist(root: Path, split: Split, info: DatasetInfo, folder: str) -> InM
         raise _Missing(f"expected {stems[0]}[.gz] and {stems[1]}[.gz] in {root} or {dirs[1]}")
     images, labels = read_idx(paths[0], 2051), read_idx(paths[1], 2049)
     if len(images) != len(labels):
-        raise UserError(f"{paths[0]} holds {len(images)} images but {paths[1]} {len(labels)} labels; download them again")
+        raise UserError(f"{paths[0]} holds {len(images)} images but {paths[1]} {len(labels)} labels; "
+                        "download them again")
     padded = F.pad(torch.from_numpy(images.copy()).unsqueeze(1), (2, 2, 2, 2))  # 28 -> 32 px, zeros
     return InMemoryImages(padded, torch.from_numpy(labels.astype(np.int64)), info)
 
@@ -334,7 +340,8 @@ def _tolerant_folder_class():
     return TolerantImageFolder
 
 
-def load_image_folder(name: str, root: str | Path, split: Split, image_size: int | None = None) -> torch.utils.data.Dataset:
+def load_image_folder(name: str, root: str | Path, split: Split,
+                      image_size: int | None = None) -> torch.utils.data.Dataset:
     """``root/train`` or ``root/val`` (else ``root/test``) as an ``ImageFolder`` with the DARTS
     ImageNet transforms; the dataset gets an ``info`` attribute like :class:`InMemoryImages`."""
     from torchvision import transforms
@@ -360,7 +367,8 @@ def load_image_folder(name: str, root: str | Path, split: Split, image_size: int
     try:
         dataset = TolerantImageFolder(str(folder), transform=transform)
     except FileNotFoundError as exc:
-        raise UserError(f"{folder} holds no images: {one_line(exc)} Put one sub-folder of images per class in it") from None
+        raise UserError(f"{folder} holds no images: {one_line(exc)} "
+                        "Put one sub-folder of images per class in it") from None
     dataset.info = DatasetInfo(name, len(dataset.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, tuple(dataset.classes))
     return dataset
 
@@ -418,7 +426,8 @@ def split_train_portion(n: int, portion: float) -> tuple[list[int], list[int]]:
 
 
 def load_first(name: str, root: str, split: Split, n: int | None, download: bool = False,
-               image_size: int | None = None, resize_after_cut: bool = False) -> InMemoryImages | torch.utils.data.Dataset:
+               image_size: int | None = None,
+               resize_after_cut: bool = False) -> InMemoryImages | torch.utils.data.Dataset:
     """The first ``n`` images of a split (all of them for ``None``), at ``image_size``.
 
     ``resize_after_cut``: in-memory datasets are read at their own size, cut to ``n``, then
@@ -431,7 +440,8 @@ def load_first(name: str, root: str, split: Split, n: int | None, download: bool
     later = resize_after_cut and not on_disk
     data = load_dataset(name, root, split, download=download, image_size=None if later else image_size)
     if n is not None and n < len(data):
-        data = data.subset(list(range(n))) if isinstance(data, InMemoryImages) else torch.utils.data.Subset(data, range(n))
+        data = (data.subset(list(range(n))) if isinstance(data, InMemoryImages)
+                else torch.utils.data.Subset(data, range(n)))
     if later and image_size:
         data = resize_images(data, image_size)
     return data

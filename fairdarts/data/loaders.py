@@ -88,7 +88,8 @@ class InMemoryLoader(_Position):
         self.images = (data.images if whole else data.images[index]).to(self.device)
         self.labels = (data.labels if whole else data.labels[index]).to(self.device)
         self.info = data.info
-        self.augment = augment if augment is not None else BatchAugment(data.info.mean, data.info.std, crop_padding=0, flip=False)
+        self.augment = (augment if augment is not None
+                        else BatchAugment(data.info.mean, data.info.std, crop_padding=0, flip=False))
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.per_rank = math.ceil(len(index) / world_size)

@@ -36,12 +36,16 @@ DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, los
 
 @dataclass
 class EvalConfig:
-    model_path: str | None = field_help(None, "checkpoint: a train.py checkpoint, or an official {'state_dict': ...} file",
+    model_path: str | None = field_help(None, "checkpoint: a train.py checkpoint, "
+                                              "or an official {'state_dict': ...} file",
                                         required=True)
-    arch: str | None = field_help(None, "genotype for official checkpoints (name, JSON, Genotype(...) text, run folder)")
-    init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)", low=1)
+    arch: str | None = field_help(None, "genotype for official checkpoints "
+                                        "(name, JSON, Genotype(...) text, run folder)")
+    init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)",
+                                           low=1)
     layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3)
-    dataset: str | None = field_help(None, "test set (default: the checkpoint's, else cifar10)", choices=DATASET_CHOICES)
+    dataset: str | None = field_help(None, "test set (default: the checkpoint's, else cifar10)",
+                                     choices=DATASET_CHOICES)
     data: str = field_help("data", "dataset root")
     download: bool = field_help(False, "download the dataset into --data if it is missing")
     subset: int | None = field_help(None, "evaluate only the first N test images", low=1)

@@ -31,7 +31,9 @@ from fairdarts.errors import UserError, one_line
 from fairdarts.metrics import autocast, topk_correct
 from fairdarts.run_dir import atomic_write_bytes
 from fairdarts.safe_io import load_yaml, read_text_limited
-from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, genotype_from_dict, get_genotype
+from fairdarts.search_space import (
+    Genotype, MobileGenotype, NetworkSpec, build_network, genotype_from_dict, get_genotype,
+)
 
 MANIFEST = Path(__file__).resolve().parents[1] / "best_models.yaml"  # package data: works without the repository
 OFFICIAL_DEFAULT_SIZES = {"init_channels": 36, "layers": 20}

@@ -35,7 +35,8 @@ def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int = 17) 
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
                           dynamo=False)
     except Exception as exc:  # exporter failures are environment problems, reported in one line
-        raise UserError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else ''
+        raise UserError(f"ONNX export failed: {type(exc).__name__}: {first_line}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
 

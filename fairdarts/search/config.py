@@ -47,7 +47,8 @@ class SearchConfig(RunConfig):
                                  choices=("auto", "zeros", "randn"))
     # ----- weights ---------------------------------------------------------------------
     epochs: int = field_help(50, "search epochs", low=1)
-    batch_size: int = field_help(128, "GLOBAL batch size of weight and architecture batches, split over torchrun ranks", low=1)
+    batch_size: int = field_help(128, "GLOBAL batch size of weight and architecture batches, split over torchrun ranks",
+                                 low=1)
     learning_rate: float = field_help(0.005, "initial SGD learning rate of the weights", low=0.0)
     learning_rate_min: float = field_help(0.001, "final learning rate of the cosine schedule", low=0.0)
     momentum: float = field_help(0.9, "SGD momentum", low=0.0, high=1.0)
@@ -89,7 +90,8 @@ class SearchConfig(RunConfig):
         if self.unrolled and self.single_level:
             raise UserError("--unrolled and --single_level exclude each other: single level has no validation batch")
         if self.learning_rate_min > self.learning_rate:
-            raise UserError(f"--learning_rate_min ({self.learning_rate_min}) exceeds --learning_rate ({self.learning_rate})")
+            raise UserError(f"--learning_rate_min ({self.learning_rate_min}) "
+                            f"exceeds --learning_rate ({self.learning_rate})")
         super().validate()
 
     @property

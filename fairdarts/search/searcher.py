@@ -164,8 +164,10 @@ class Searcher(EpochRun[SearchConfig]):
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
         cfg = self.cfg
         self.data.train.set_epoch(epoch)
-        total = len(self.data.train) if cfg.max_steps_per_epoch is None else min(len(self.data.train), cfg.max_steps_per_epoch)
-        batches = progress(self.data.train, total=total, desc=f"epoch {epoch}", enabled=cfg.progress and self.dist.is_main)
+        total = (len(self.data.train) if cfg.max_steps_per_epoch is None
+                 else min(len(self.data.train), cfg.max_steps_per_epoch))
+        batches = progress(self.data.train, total=total, desc=f"epoch {epoch}",
+                           enabled=cfg.progress and self.dist.is_main)
         batches = self.guard.track(epoch, batches)
 
         def report(step: int, m: dict[str, float]) -> None:
@@ -178,7 +180,8 @@ class Searcher(EpochRun[SearchConfig]):
 
     def validate(self) -> tuple[float, float]:
         cfg = self.cfg
-        total = len(self.data.valid) if cfg.max_steps_per_epoch is None else min(len(self.data.valid), cfg.max_steps_per_epoch)
+        total = (len(self.data.valid) if cfg.max_steps_per_epoch is None
+                 else min(len(self.data.valid), cfg.max_steps_per_epoch))
         batches = progress(self.data.valid, total=total, desc="valid", enabled=cfg.progress and self.dist.is_main)
         sums = validate(self.model, batches, cfg.max_steps_per_epoch)
         if self.dist.is_distributed:
@@ -195,8 +198,8 @@ class Searcher(EpochRun[SearchConfig]):
         gated = self.model.gated_weights()
         self.history.record(epoch, self.model.arch_parameters(), gated)
         self.log.info("epoch %d train_acc %.2f train_loss %.4f valid_acc %.2f valid_loss %.4f arch_loss %.4f "
-                      "zero_one %.3e (%d steps, %.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc, valid_loss,
-                      stats.arch_loss, stats.zero_one, stats.steps, seconds)
+                      "zero_one %.3e (%d steps, %.1f s)", epoch, stats.train_acc, stats.train_loss, valid_acc,
+                      valid_loss, stats.arch_loss, stats.zero_one, stats.steps, seconds)
         self.log.info("epoch %d genotype %s", epoch, genotype.to_text())
         if self.dist.is_main:
             self._write_epoch(epoch, lr, stats, valid_loss, valid_acc, genotype, gated)

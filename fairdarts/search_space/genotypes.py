@@ -237,7 +237,8 @@ def parse_genotype_text(text: str) -> Genotype:
         raise UserError(f"cannot parse genotype text: {exc.msg} at column {exc.offset}") from None
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
-        raise UserError("genotype text must look like Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])")
+        raise UserError("genotype text must look like "
+                        "Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])")
     if call.args:
         raise UserError("genotype text must use keyword arguments: Genotype(normal=..., reduce=...)")
     fields: dict[str, Any] = {}
@@ -265,14 +266,16 @@ def _from_path(path: Path) -> "Genotype | MobileGenotype":
         for candidate in (path / "genotype.json", path / "genotype_final.json"):
             if candidate.is_file():
                 return _from_path(candidate)
-        raise UserError(f"{path} is a folder without genotype.json; pass a search run folder, a genotype JSON or a name")
+        raise UserError(f"{path} is a folder without genotype.json; "
+                        "pass a search run folder, a genotype JSON or a name")
     text = read_text_limited(path, "genotype file")
     if text.lstrip().startswith("Genotype"):
         return parse_genotype_text(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is neither genotype JSON nor Genotype(...) text: {exc.msg} (line {exc.lineno})") from None
+        raise UserError(f"{path} is neither genotype JSON nor Genotype(...) text: "
+                        f"{exc.msg} (line {exc.lineno})") from None
     except RecursionError:
         raise UserError(f"{path}: the genotype JSON is nested too deeply") from None
     if isinstance(data, dict) and "genotype" in data and isinstance(data["genotype"], dict):

@@ -66,8 +66,8 @@ class NetworkSpec:
         if isinstance(genotype, MobileGenotype):
             if not meta.get("mobile"):
                 raise UserError("a mobile genotype needs a mobile network checkpoint (this one holds a cell network)")
-            return cls(genotype, meta["num_classes"], meta["in_channels"], meta["image_size"], meta.get("init_channels"),
-                       meta.get("layers"), False, False, meta["width_mult"], meta["dropout"])
+            return cls(genotype, meta["num_classes"], meta["in_channels"], meta["image_size"],
+                       meta.get("init_channels"), meta.get("layers"), False, False, meta["width_mult"], meta["dropout"])
         if meta.get("mobile"):
             raise UserError("this checkpoint holds a mobile network; its genotype must be a mobile one")
         return cls(genotype, meta["num_classes"], meta["in_channels"], meta["image_size"], meta["init_channels"],

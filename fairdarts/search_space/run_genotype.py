@@ -145,7 +145,8 @@ def _saved_genotype(folder: Path) -> tuple[Genotype | MobileGenotype, str | None
     genotype = get_genotype(folder)
     if not all((folder / f"{c}_weight.npy").is_file() for c in CELLS):
         return genotype, None
-    method, threshold = run_setting(folder, "parse_method", "threshold_sparse"), run_setting(folder, "op_threshold", 0.85)
+    method = run_setting(folder, "parse_method", "threshold_sparse")
+    threshold = run_setting(folder, "op_threshold", 0.85)
     if genotype.normal and genotype.reduce:
         return genotype, None
     gates = _cell_gates(folder)

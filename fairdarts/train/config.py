@@ -56,7 +56,8 @@ class TrainConfig(RunConfig):
     test_subset: int | None = field_help(
         None, "evaluate on the first N test images only (default: the whole test set, as the official code)", low=1)
     # ----- network ---------------------------------------------------------------------
-    arch: str = field_help("FairDARTS_a", "genotype: a name, a genotype JSON file, Genotype(...) text or a search run folder")
+    arch: str = field_help("FairDARTS_a", "genotype: a name, a genotype JSON file, Genotype(...) text "
+                                          "or a search run folder")
     parse_method: str | None = field_help(
         None, "with --arch RUN_FOLDER: re-derive the genotype from its gate weights with this method "
               "(default: the run's genotype.json)", choices=METHODS + MOBILE_METHODS)
@@ -130,7 +131,8 @@ class TrainConfig(RunConfig):
             why = "mobile genotypes build mobile networks" if mobile else "mobile networks need a mobile genotype"
             raise UserError(f"--network {family} does not fit --arch {self.arch}: {why}")
         if mobile and (self.init_channels is not None or self.layers is not None):
-            raise UserError("--init_channels and --layers size cell networks; a mobile network is sized by --width_mult")
+            raise UserError("--init_channels and --layers size cell networks; "
+                            "a mobile network is sized by --width_mult")
         defaults = DATASET_DEFAULTS[family]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, network=family, **filled)

@@ -105,7 +105,8 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
 
 
 # ----- network, optimizer, schedule ---------------------------------------------------------
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine to ``learning_rate_min`` (CIFAR) or ``gamma`` per epoch (ImageNet), with
     ``warmup_epochs`` of linear warm-up first, stepped after each epoch and replayed to
     ``start_epoch`` on resume (:func:`fairdarts.runner.replay_schedule`)."""
@@ -292,7 +293,8 @@ class Trainer(EpochRun[TrainConfig]):
         cfg = self.cfg
         self.data.train.set_epoch(epoch)
         self.model.train()
-        total = len(self.data.train) if cfg.max_steps_per_epoch is None else min(len(self.data.train), cfg.max_steps_per_epoch)
+        total = (len(self.data.train) if cfg.max_steps_per_epoch is None
+                 else min(len(self.data.train), cfg.max_steps_per_epoch))
         show_bar = cfg.progress and self.dist.is_main and sys.stderr.isatty()
         batches = progress(itertools.islice(self.data.train, total), total=total, desc=f"epoch {epoch}",
                            enabled=show_bar)
@@ -304,13 +306,15 @@ class Trainer(EpochRun[TrainConfig]):
                                  torch.tensor(float(r.n), dtype=torch.float64, device=sums.device)])
             if step % cfg.report_freq == 0:
                 loss, top1, top5 = _means(sums.clone())
-                self.log.info("epoch %d step %03d/%d loss %.4f top1 %.2f top5 %.2f", epoch, step, total, loss, top1, top5)
+                self.log.info("epoch %d step %03d/%d loss %.4f top1 %.2f top5 %.2f",
+                              epoch, step, total, loss, top1, top5)
         loss, top1, top5 = _means(self._reduce(sums))
         return {"train_loss": loss, "train_top1": top1, "train_top5": top5}
 
     def test(self) -> dict[str, float]:
         cfg = self.cfg
-        total = len(self.data.test) if cfg.max_steps_per_epoch is None else min(len(self.data.test), cfg.max_steps_per_epoch)
+        total = (len(self.data.test) if cfg.max_steps_per_epoch is None
+                 else min(len(self.data.test), cfg.max_steps_per_epoch))
         batches = progress(self.data.test, total=total, desc="test", enabled=cfg.progress and self.dist.is_main)
         sums = evaluate_sums(self.model, batches, cfg.max_steps_per_epoch, cfg.amp, cfg.amp_dtype, cfg.channels_last)
         loss, top1, top5 = _means(self._reduce(sums))
