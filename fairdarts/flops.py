@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelCost:
-    flops: int
-    params: int
-    params_no_aux: int
-    params_no_bn: int
+from fairdarts.search_space.cost import ModelCost
 
 
 def _no_count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:

@@ -19,10 +19,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fairdarts.errors import UserError
-from fairdarts.flops import ModelCost
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 
 Size = tuple[int, int]  # (height, width) of a feature map
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """A network's thop multiply-adds (BatchNorm excluded) and parameter counts: with everything,
+    without the auxiliary head, without BatchNorm. Defined here, below :mod:`fairdarts.flops`,
+    because both the analytic count and thop's return it."""
+
+    flops: int
+    params: int
+    params_no_aux: int
+    params_no_bn: int
 
 
 @dataclass(frozen=True)
