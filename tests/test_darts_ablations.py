@@ -307,3 +307,37 @@ def test_darts_folder_never_shadows_an_installed_darts_package(tmp_path) -> None
         r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0 and f"usage: {script}" in r.stdout, r.stderr
+
+
+def test_candidate_training_checkpoints_and_ranks_as_the_old_loop(tmp_path) -> None:
+    """The EpochRun-based candidate training gives the accuracies and ranks of the loop it
+    replaced (numbers recorded from that loop), writes ``random/arch_XX/checkpoint.pt`` and
+    resumes a candidate from its checkpoint to the same weights."""
+    import dataclasses
+    import logging
+
+    from fairdarts.ablations.random_search import CANDIDATE_FORMAT, CandidateTraining, train_and_rank
+    from fairdarts.checkpoint import load_checkpoint
+    from fairdarts.config import resolve_config
+    from fairdarts.distributed import init_distributed
+    from fairdarts.search.searcher import build_data
+
+    cfg = resolve_config(DartsSearchConfig, [*TINY, "--train_random_epochs", "2", "--max_steps_per_epoch", "2",
+                                             "--seed", "5"], "x", "x")
+    dist, logger = init_distributed("cpu"), logging.getLogger("test")
+    data = build_data(cfg, dist)
+    kept = random_search(num_identity=1, num_arch=3, flops_threshold=300, seed=5, log=lambda *_: None)
+    ranking = train_and_rank(kept, cfg, data, tmp_path, dist, logger)
+    assert [(r["name"], r["valid_acc"], r["rank"]) for r in ranking] == [
+        ("arch_00", 6.25, 2), ("arch_01", 6.25, 3), ("arch_02", 43.75, 1)]  # the old _train/_accuracy loop
+    state = load_checkpoint(tmp_path / "random/arch_02/checkpoint.pt", map_location="cpu")
+    assert state["format"] == CANDIDATE_FORMAT and state["epoch"] == 2
+
+    first = CandidateTraining(dataclasses.replace(cfg, train_random_epochs=1), kept[2].genotype, data,
+                              tmp_path / "cut", dist, logger)
+    first.run()
+    resumed = CandidateTraining(cfg, kept[2].genotype, data, tmp_path / "cut", dist, logger)
+    resumed.resume(tmp_path / "cut/checkpoint.pt")
+    assert resumed.start_epoch == 1 and resumed.run() == 43.75
+    for key, value in resumed.net.state_dict().items():
+        assert torch.equal(value, state["state_dict"][key]), key

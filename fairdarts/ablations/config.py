@@ -53,7 +53,8 @@ class DartsSearchConfig(SearchConfig):
     def validate(self) -> None:
         """The search's checks, plus the combinations the ablations cannot run (one line each)."""
         if self.search_space not in ("cell", "s1"):
-            raise UserError("the DARTS ablations run on the cell search space; use train_search.py for --search_space mobile")
+            raise UserError("the DARTS ablations run on the cell search space; "
+                            "use train_search.py for --search_space mobile")
         super().validate()
         if self.reweight and self.parse_method != "darts":
             raise UserError(f"--reweight needs --parse_method darts (two inputs per node), got {self.parse_method}")
