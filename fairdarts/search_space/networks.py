@@ -129,23 +129,22 @@ def make_cell(genotype: Genotype, C_prev_prev: int, C_prev: int, C: int,
     return cls(genotype, C_prev_prev, C_prev, C, reduction, reduction_prev)
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """Auxiliary classifier on the 8x8 maps at 2/3 depth (other sizes pool adaptively to 2x2)."""
+def _auxiliary_features(C: int, pool: nn.Module, bn_after_2x2: bool) -> nn.Sequential:
+    """ReLU, pool, 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, [BN,] ReLU: the official module
+    order, so that ``features.<i>`` keys match official checkpoints."""
+    layers = [nn.ReLU(inplace=False), pool, nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128),
+              nn.ReLU(inplace=True), nn.Conv2d(128, 768, 2, bias=False)]
+    if bn_after_2x2:
+        layers.append(nn.BatchNorm2d(768))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
-    def __init__(self, C: int, num_classes: int, feature_size: int = 8):
+
+class _AuxiliaryHead(nn.Module):
+    """The auxiliary classifier at 2/3 depth: ``features`` then a linear layer on 768 values."""
+
+    def __init__(self, features: nn.Sequential, num_classes: int):
         super().__init__()
-        pool: nn.Module = (nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
-                           if feature_size >= 8 else nn.AdaptiveAvgPool2d(2))
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            pool,
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
-            nn.ReLU(inplace=True),
-        )
+        self.features = features
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,30 +152,25 @@ class AuxiliaryHeadCIFAR(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-class AuxiliaryHeadImageNet(nn.Module):
+class AuxiliaryHeadCIFAR(_AuxiliaryHead):
+    """Auxiliary classifier on the 8x8 maps at 2/3 depth (other sizes pool adaptively to 2x2)."""
+
+    def __init__(self, C: int, num_classes: int, feature_size: int = 8):
+        pool: nn.Module = (nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
+                           if feature_size >= 8 else nn.AdaptiveAvgPool2d(2))
+        super().__init__(_auxiliary_features(C, pool, bn_after_2x2=True), num_classes)
+
+
+class AuxiliaryHeadImageNet(_AuxiliaryHead):
     """Auxiliary classifier on the 7x7 maps of a 224 px input (other sizes pool adaptively to 2x2).
 
     The official head has no BN after the 2x2 conv (a typo kept for its published results).
     """
 
     def __init__(self, C: int, num_classes: int, feature_size: int = 7):
-        super().__init__()
         pool: nn.Module = (nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False)
                            if feature_size >= 7 else nn.AdaptiveAvgPool2d(2))
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            pool,
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return self.classifier(x.flatten(1))
+        super().__init__(_auxiliary_features(C, pool, bn_after_2x2=False), num_classes)
 
 
 class _StackedCells(nn.Module):
