@@ -165,3 +165,17 @@ def test_run_searches_reports_and_retrains(tmp_path):
     again = json.loads((out / "summary.json").read_text())
     assert again["runs"]["DARTS"]["retrain"] == summary["runs"]["DARTS"]["retrain"]
     assert "resumed from" in (out / "DARTS" / "log.txt").read_text()
+
+
+# ----- the committed study ------------------------------------------------------------------------
+LONG = REPO / "reports" / "collapse_long"
+
+
+def test_committed_long_study_recomputes_from_its_npz():
+    """reports/collapse_long/summary.json: every run 50 epochs, each number recomputed from the
+    committed alpha_history.npz and config.yaml of its <LABEL>/ folder."""
+    summary = json.loads((LONG / "summary.json").read_text())
+    assert set(summary["runs"]) == {"DARTS", "DARTS_noise", "FairDARTS"}
+    for label, run in summary["runs"].items():
+        assert run["epochs"] == 50, label
+        recompute(LONG / label, run)
