@@ -121,8 +121,7 @@ def _sha256(path: Path) -> str:
 
 def _patch_checkpoint(faults: Faults) -> None:
     import fairdarts.checkpoint as ckpt
-    from fairdarts.search import cli as search_cli
-    from fairdarts.train import cli as train_cli
+    import fairdarts.runner as runner
 
     original = ckpt.atomic_write
     writes = [0]
@@ -140,13 +139,12 @@ def _patch_checkpoint(faults: Faults) -> None:
         return result
 
     ckpt.atomic_write = atomic_write
-    for cli in (search_cli, train_cli):
-        write_run_config = cli.write_run_config
+    write_run_config = runner.write_run_config
 
-        def written(*args, _write=write_run_config, **kwargs):
-            _write(*args, **kwargs)
-            faults.hit("startup")
-        cli.write_run_config = written
+    def written(*args, **kwargs):
+        write_run_config(*args, **kwargs)
+        faults.hit("startup")
+    runner.write_run_config = written
 
 
 class PoisonedFunctional:
