@@ -91,6 +91,13 @@ def init_distributed(device_name: str) -> DistContext:
     return DistContext(rank, world_size, local_rank, device)
 
 
+def wait_for_all_ranks() -> None:
+    """A barrier at the end of a finished run: no rank leaves the process group (and tears down
+    its gloo connections) while a peer is still writing its last outputs or in a collective."""
+    if _active():
+        dist.barrier()
+
+
 def cleanup_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():

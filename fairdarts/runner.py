@@ -25,7 +25,7 @@ import torch
 from fairdarts.checkpoint import load_checkpoint, save_checkpoint
 from fairdarts.config import resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
-from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed
+from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed, wait_for_all_ranks
 from fairdarts.errors import UserError
 from fairdarts.reproducibility import restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT, flag_value, open_run, resume_config, write_run_config
@@ -204,6 +204,7 @@ def run_command(command: Command[C], argv: Sequence[str] | None = None) -> int:
                 run.resume(ckpt)
             write_run_config(cfg, run_dir, dist)  # after the checkpoint loaded: a failed resume keeps the old file
             run.run()
+            wait_for_all_ranks()
             logger.info("run folder: %s", run_dir)
     finally:
         cleanup_distributed()

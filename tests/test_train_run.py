@@ -38,6 +38,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _torchrun_train(args: list[str], save: Path) -> subprocess.CompletedProcess:
+    """``train.py`` under torchrun with 2 CPU processes (gloo)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train.py"), *args, "--save", str(save)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
 def weights(run: Path, name: str = "checkpoint.pt", params_only: bool = False) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / name)["state_dict"]
     if params_only:
@@ -151,9 +161,13 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     one = tmp_path / "one"
     assert main([*args, "--accum_steps", "2", "--save", str(one)]) == 0
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(REPO / "train.py"), *args, "--save", str(two)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = _torchrun_train(args, two)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
+        # A rank aborted in C++ (a joinable std::thread destroyed) in 2 of ~8 full CI runs on this
+        # 2-core machine, never in isolation; the run is repeated once in a fresh folder so the
+        # equality below is still checked, and any other failure still fails here.
+        two = tmp_path / "two_again"
+        proc = _torchrun_train(args, two)
     # A rank's own message (e.g. what a C++ abort printed) comes before torchrun's summary.
     assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:]
     assert_same(weights(two, params_only=True), weights(one, params_only=True), atol=1e-5)
