@@ -88,6 +88,11 @@ class EpochRun(Generic[C]):
         self.writer.close()
         return result
 
+    def batches_per_pass(self, loader: Any) -> int:
+        """Batches one pass over ``loader`` takes: all of them, or ``--max_steps_per_epoch``."""
+        cap = self.cfg.max_steps_per_epoch
+        return len(loader) if cap is None else min(len(loader), cap)
+
     def make_scheduler(self, start_epoch: int) -> Scheduler:
         """The learning-rate schedule positioned at ``start_epoch`` (see :func:`replay_schedule`)."""
         raise NotImplementedError

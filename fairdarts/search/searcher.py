@@ -164,8 +164,7 @@ class Searcher(EpochRun[SearchConfig]):
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
         cfg = self.cfg
         self.data.train.set_epoch(epoch)
-        total = (len(self.data.train) if cfg.max_steps_per_epoch is None
-                 else min(len(self.data.train), cfg.max_steps_per_epoch))
+        total = self.batches_per_pass(self.data.train)
         batches = progress(self.data.train, total=total, desc=f"epoch {epoch}",
                            enabled=cfg.progress and self.dist.is_main)
         batches = self.guard.track(epoch, batches)
@@ -180,8 +179,7 @@ class Searcher(EpochRun[SearchConfig]):
 
     def validate(self) -> tuple[float, float]:
         cfg = self.cfg
-        total = (len(self.data.valid) if cfg.max_steps_per_epoch is None
-                 else min(len(self.data.valid), cfg.max_steps_per_epoch))
+        total = self.batches_per_pass(self.data.valid)
         batches = progress(self.data.valid, total=total, desc="valid", enabled=cfg.progress and self.dist.is_main)
         sums = validate(self.model, batches, cfg.max_steps_per_epoch)
         if self.dist.is_distributed:

@@ -293,8 +293,7 @@ class Trainer(EpochRun[TrainConfig]):
         cfg = self.cfg
         self.data.train.set_epoch(epoch)
         self.model.train()
-        total = (len(self.data.train) if cfg.max_steps_per_epoch is None
-                 else min(len(self.data.train), cfg.max_steps_per_epoch))
+        total = self.batches_per_pass(self.data.train)
         show_bar = cfg.progress and self.dist.is_main and sys.stderr.isatty()
         batches = progress(itertools.islice(self.data.train, total), total=total, desc=f"epoch {epoch}",
                            enabled=show_bar)
@@ -313,8 +312,7 @@ class Trainer(EpochRun[TrainConfig]):
 
     def test(self) -> dict[str, float]:
         cfg = self.cfg
-        total = (len(self.data.test) if cfg.max_steps_per_epoch is None
-                 else min(len(self.data.test), cfg.max_steps_per_epoch))
+        total = self.batches_per_pass(self.data.test)
         batches = progress(self.data.test, total=total, desc="test", enabled=cfg.progress and self.dist.is_main)
         sums = evaluate_sums(self.model, batches, cfg.max_steps_per_epoch, cfg.amp, cfg.amp_dtype, cfg.channels_last)
         loss, top1, top5 = _means(self._reduce(sums))
