@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fairdarts.search_space.depthwise import DepthwiseConv2d
+from fairdarts.search_space.native.chain import conv_bn_chain
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
 
@@ -40,7 +41,9 @@ class ReLUConvBN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        relu, conv, bn = self.op
+        y = conv_bn_chain(x, None, conv, bn, relu=isinstance(relu, nn.ReLU))
+        return self.op(x) if y is None else y
 
 
 class DilConv(nn.Module):
@@ -57,7 +60,9 @@ class DilConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        relu, dw, pw, bn = self.op
+        y = conv_bn_chain(x, dw, pw, bn, relu=isinstance(relu, nn.ReLU))
+        return self.op(x) if y is None else y
 
 
 class SepConv(nn.Module):
@@ -78,7 +83,12 @@ class SepConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        relu, dw1, pw1, bn1, _, dw2, pw2, bn2 = self.op
+        h = conv_bn_chain(x, dw1, pw1, bn1, relu=isinstance(relu, nn.ReLU))
+        if h is None:
+            return self.op(x)
+        y = conv_bn_chain(h, dw2, pw2, bn2, relu=True)  # the ReLU between the halves is read in
+        return self.op[4:](h) if y is None else y
 
 
 class Conv7x1x1x7(nn.Module):

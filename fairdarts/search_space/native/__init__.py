@@ -1,0 +1,124 @@
+"""Native CPU kernels for the search supernet: compiled from C on first use, loaded with ctypes.
+
+Why C and not a PyTorch extension: the kernels need no PyTorch headers (they work on raw
+pointers of contiguous channels-last tensors), so one ``cc -O3 -march=native`` call builds
+them in a second or two, with no ninja, no torch headers and no build step at install time.
+The library is cached under ``$FAIRDARTS_KERNEL_CACHE`` (default ``~/.cache/fairdarts/kernels``)
+by a hash of the sources, the compiler, its flags and this CPU's instruction-set flags, so a
+cache shared between machines never hands one CPU the code built for another.
+
+When no C compiler is at hand, or the build fails, or ``FAIRDARTS_NATIVE_KERNELS=0``, the
+supernet runs PyTorch's own kernels (same numbers, slower) and the reason is logged once.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
+ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
+VERSION = 1
+SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h")
+FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
+
+_HERE = Path(__file__).resolve().parent
+_state: dict[str, object] = {}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "fairdarts" / "kernels")
+
+
+def _build(cc: str) -> Path:
+    """The cached library for these sources, compiler and CPU; built (atomically) when missing."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    h = hashlib.sha256()
+    for source in SOURCES:
+        h.update((_HERE / source).read_bytes())
+    for part in (version, " ".join(FLAGS), _cpu_flags()):
+        h.update(part.encode())
+    target = _cache_dir() / f"fairdarts_kernels_{h.hexdigest()[:20]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *FLAGS, "-o", tmp, str(_HERE / "kernels.c"), "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    geometry = [i] * 11 + [ctypes.c_int]  # N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"chain_forward_{suffix}")
+        fwd.argtypes, fwd.restype = [p] * 8 + [d, d] + geometry, None
+        bwd = getattr(lib, f"chain_backward_{suffix}")
+        bwd.argtypes, bwd.restype = [p] * 10 + geometry, None
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        raise RuntimeError(f"turned off by {ENV_SWITCH}=0")
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    lib = ctypes.CDLL(str(_build(cc)))
+    if lib.fairdarts_kernels_version() != VERSION:
+        raise RuntimeError("kernel library version mismatch")
+    _declare(lib)
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (the reason is logged once and kept in :func:`unavailable_reason`)."""
+    if "lib" not in _state:
+        try:
+            _state["lib"] = _load()
+        except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+            _state["lib"] = None
+            _state["reason"] = str(exc)
+            logging.getLogger("fairdarts").info("native CPU kernels unavailable (%s): PyTorch's kernels run", exc)
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is None (None when the kernels are loaded or not yet asked for)."""
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget the loaded library (tests switch the kernels off and on with the environment)."""
+    _state.clear()
