@@ -3,8 +3,8 @@
  * kernels_scalar.h serve other channel counts). What makes them fast at the search's sizes:
  * - accumulators live in registers, four independent ones at a time (four output pixels, or
  *   four partial sums), so the loops are not serialised on the latency of one add chain;
- * - the depthwise convolution walks only the taps inside the image: tap ranges are computed
- *   once per call, and the pixels whose taps are all inside take a loop with no test at all;
+ * - the depthwise convolutions run on a zero-padded copy of their input (the ReLU applied while
+ *   copying), so every tap of every pixel is inside and the pixel loops test nothing;
  * - the stride-1 input gradient is the forward convolution of the output gradient with the
  *   flipped kernel (a gather, not a scatter); weight gradients are summed over a row or a tile
  *   of pixels in registers before they touch memory. */
@@ -26,37 +26,65 @@ static inline vec FN(keep_pos)(vec v, vec where)
 }
 static inline real FN(hsum)(vec v) { real s = 0; for (int l = 0; l < (int)VL; l++) s += v[l]; return s; }
 
-/* The taps i in [0, K) whose input row o*s - p + i*d lies in [0, H). */
-static inline void FN(tap_range)(i64 o, i64 s, i64 p, i64 d, i64 K, i64 H, i64 *lo, i64 *hi)
+/* x zero-padded by p on every side, through a ReLU when `relu`: [N, H + 2p, W + 2p, C]. */
+static real *FN(padded)(const real *restrict x, i64 N, i64 H, i64 W, i64 C, i64 p, int relu)
 {
-    i64 a = o * s - p;                       /* input row of tap 0 */
-    i64 l = a >= 0 ? 0 : (-a + d - 1) / d;   /* first tap with a + i*d >= 0 */
-    i64 last = H - 1 - a;                    /* a + i*d <= H - 1  <=>  i <= last / d */
-    i64 h = last < 0 ? 0 : last / d + 1;
-    *lo = l < K ? l : K;
-    *hi = h < K ? h : K;
-}
-
-/* Tap ranges of every output position along one axis (no division in the pixel loops). */
-static i64 *FN(tap_ranges)(i64 O, i64 s, i64 p, i64 d, i64 K, i64 H)
-{
-    i64 *r = malloc(sizeof(i64) * 2 * O);
-    for (i64 o = 0; o < O; o++) FN(tap_range)(o, s, p, d, K, H, r + 2 * o, r + 2 * o + 1);
-    return r;
-}
-
-/* One output pixel, taps [i0, i1) x [j0, j1); `base` is x at tap (0, 0) of this pixel. */
-static inline vec FN(dw_pixel)(const real *base, const real *wt, i64 i0, i64 i1, i64 j0, i64 j1,
-                               i64 rowstep, i64 colstep, i64 K, i64 C, int relu)
-{
-    vec acc = {0};
-    for (i64 i = i0; i < i1; i++)
-        for (i64 j = j0; j < j1; j++) {
-            vec v = FN(ld)(base + i * rowstep + j * colstep);
-            if (relu) v = FN(keep_pos)(v, v);
-            acc += FN(ld)(wt + (i * K + j) * C) * v;
+    i64 Hp = H + 2 * p, Wp = W + 2 * p;
+    real *out = malloc(sizeof(real) * N * Hp * Wp * C);
+    for (i64 n = 0; n < N; n++)
+        for (i64 h = 0; h < Hp; h++) {
+            real *row = out + (n * Hp + h) * Wp * C;
+            if (h < p || h >= p + H) {
+                memset(row, 0, sizeof(real) * Wp * C);
+                continue;
+            }
+            memset(row, 0, sizeof(real) * p * C);
+            memset(row + (p + W) * C, 0, sizeof(real) * p * C);
+            const real *src = x + (n * H + h - p) * W * C;
+            real *dst = row + p * C;
+            if (relu)
+                for (i64 e = 0; e < W * C; e += VL) { vec v = FN(ld)(src + e); FN(st)(dst + e, FN(keep_pos)(v, v)); }
+            else
+                memcpy(dst, src, sizeof(real) * W * C);
         }
-    return acc;
+    return out;
+}
+
+/* Depthwise convolution of a padded input xp [N, Hp, Wp, C] in which every tap is inside:
+ * y[n, oh, ow] = sum_taps wt[tap] * xp[n, oh*s + i*d, ow*s + j*d]; four output pixels at a time. */
+static void FN(dw_conv_padded)(const real *restrict xp, const real *restrict wt, real *restrict y,
+                               i64 N, i64 Hp, i64 Wp, i64 C, i64 Ho, i64 Wo, i64 K, i64 s, i64 d)
+{
+    i64 rowstep = d * Wp * C, colstep = d * C, px = s * C;
+    for (i64 n = 0; n < N; n++)
+        for (i64 oh = 0; oh < Ho; oh++) {
+            const real *xrow = xp + (n * Hp + oh * s) * Wp * C;
+            real *yrow = y + (n * Ho + oh) * Wo * C;
+            for (i64 cb = 0; cb < C; cb += VL) {
+                i64 ow = 0;
+                for (; ow + 4 <= Wo; ow += 4) {
+                    vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    const real *b = xrow + ow * px + cb;
+                    for (i64 i = 0; i < K; i++)
+                        for (i64 j = 0; j < K; j++) {
+                            vec w = FN(ld)(wt + (i * K + j) * C + cb);
+                            const real *at = b + i * rowstep + j * colstep;
+                            a0 += w * FN(ld)(at); a1 += w * FN(ld)(at + px);
+                            a2 += w * FN(ld)(at + 2 * px); a3 += w * FN(ld)(at + 3 * px);
+                        }
+                    real *o = yrow + ow * C + cb;
+                    FN(st)(o, a0); FN(st)(o + C, a1); FN(st)(o + 2 * C, a2); FN(st)(o + 3 * C, a3);
+                }
+                for (; ow < Wo; ow++) {
+                    vec a0 = {0};
+                    const real *b = xrow + ow * px + cb;
+                    for (i64 i = 0; i < K; i++)
+                        for (i64 j = 0; j < K; j++)
+                            a0 += FN(ld)(wt + (i * K + j) * C + cb) * FN(ld)(b + i * rowstep + j * colstep);
+                    FN(st)(yrow + ow * C + cb, a0);
+                }
+            }
+        }
 }
 
 /* y[n, oh, ow, c] = sum_taps wt[tap, c] * x[n, oh*s - p + i*d, ow*s - p + j*d, c] (through a ReLU
@@ -64,152 +92,99 @@ static inline vec FN(dw_pixel)(const real *base, const real *wt, i64 i0, i64 i1,
 static void FN(dw_forward_vec)(const real *restrict x, const real *restrict wt, real *restrict y,
                                i64 N, i64 H, i64 W, i64 C, i64 Ho, i64 Wo, i64 K, i64 s, i64 p, i64 d, int relu)
 {
-    i64 *rh = FN(tap_ranges)(Ho, s, p, d, K, H), *rw = FN(tap_ranges)(Wo, s, p, d, K, W);
-    i64 rowstep = d * W * C, colstep = d * C, px = s * C;
-    for (i64 n = 0; n < N; n++)
-        for (i64 oh = 0; oh < Ho; oh++) {
-            i64 i0 = rh[2 * oh], i1 = rh[2 * oh + 1];
-            const real *xrow = x + ((n * H + oh * s - p) * W - p) * C;   /* tap (0, 0) of ow = 0 */
-            real *yrow = y + (n * Ho + oh) * Wo * C;
-            for (i64 cb = 0; cb < C; cb += VL) {
-                i64 ow = 0;
-                while (ow < Wo) {
-                    if (rw[2 * ow] == 0 && ow + UNROLL <= Wo && rw[2 * (ow + UNROLL - 1) + 1] == K) {
-                        /* UNROLL pixels with every column tap inside: four chains, no tests */
-                        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                        const real *b = xrow + ow * px + cb;
-                        for (i64 i = i0; i < i1; i++)
-                            for (i64 j = 0; j < K; j++) {
-                                vec w = FN(ld)(wt + (i * K + j) * C + cb);
-                                const real *at = b + i * rowstep + j * colstep;
-                                vec v0 = FN(ld)(at), v1 = FN(ld)(at + px), v2 = FN(ld)(at + 2 * px),
-                                    v3 = FN(ld)(at + 3 * px);
-                                if (relu) {
-                                    v0 = FN(keep_pos)(v0, v0); v1 = FN(keep_pos)(v1, v1);
-                                    v2 = FN(keep_pos)(v2, v2); v3 = FN(keep_pos)(v3, v3);
-                                }
-                                a0 += w * v0; a1 += w * v1; a2 += w * v2; a3 += w * v3;
-                            }
-                        real *o = yrow + ow * C + cb;
-                        FN(st)(o, a0); FN(st)(o + C, a1); FN(st)(o + 2 * C, a2); FN(st)(o + 3 * C, a3);
-                        ow += UNROLL;
-                    } else {
-                        FN(st)(yrow + ow * C + cb, FN(dw_pixel)(xrow + ow * px + cb, wt + cb, i0, i1, rw[2 * ow],
-                                                               rw[2 * ow + 1], rowstep, colstep, K, C, relu));
-                        ow++;
-                    }
-                }
-            }
-        }
-    free(rh);
-    free(rw);
+    real *xp = FN(padded)(x, N, H, W, C, p, relu);
+    FN(dw_conv_padded)(xp, wt, y, N, H + 2 * p, W + 2 * p, C, Ho, Wo, K, s, d);
+    free(xp);
 }
 
-/* For every input position along one axis, the (tap, output) pairs that read it:
- * o * s - p + t * d == position, 0 <= o < O; rows of [count, t0, o0, t1, o1, ...] (1 + 2K). */
-static i64 *FN(readers)(i64 H, i64 O, i64 s, i64 p, i64 d, i64 K)
-{
-    i64 *r = malloc(sizeof(i64) * H * (1 + 2 * K));
-    for (i64 h = 0; h < H; h++) {
-        i64 *row = r + h * (1 + 2 * K), m = 0;
-        for (i64 t = 0; t < K; t++) {
-            i64 th = h + p - t * d;
-            if (th < 0 || th % s || th / s >= O) continue;
-            row[1 + 2 * m] = t;
-            row[2 + 2 * m] = th / s;
-            m++;
-        }
-        row[0] = m;
-    }
-    return r;
-}
-
-/* grad_x of dw_forward, masked by x > 0 when `relu`. Stride 1: the forward convolution of gy with
- * the flipped kernel and padding d*(K-1) - p. Other strides: gathered over the (tap, output)
- * pairs that read each input pixel. */
+/* grad_x of dw_forward, masked by x > 0 when `relu`. Stride 1: the convolution of gy (padded by
+ * d*(K-1) - p) with the flipped kernel. Other strides: scattered into a padded gradient. */
 static void FN(dw_grad_input_vec)(const real *restrict x, const real *restrict wt, const real *restrict gy,
                                   real *restrict gx, i64 N, i64 H, i64 W, i64 C, i64 Ho, i64 Wo,
                                   i64 K, i64 s, i64 p, i64 d, int relu)
 {
-    if (s == 1 && d * (K - 1) - p >= 0) {
+    i64 q = d * (K - 1) - p;
+    if (s == 1 && q >= 0 && Ho + 2 * q - d * (K - 1) == H) {
         real *flip = malloc(sizeof(real) * K * K * C);
         for (i64 t = 0; t < K * K; t++) memcpy(flip + t * C, wt + (K * K - 1 - t) * C, sizeof(real) * C);
-        FN(dw_forward_vec)(gy, flip, gx, N, Ho, Wo, C, H, W, K, 1, d * (K - 1) - p, d, 0);
+        real *gp = FN(padded)(gy, N, Ho, Wo, C, q, 0);
+        FN(dw_conv_padded)(gp, flip, gx, N, Ho + 2 * q, Wo + 2 * q, C, H, W, K, 1, d);
+        free(gp);
         free(flip);
     } else {
-        i64 *rh = FN(readers)(H, Ho, s, p, d, K), *rw = FN(readers)(W, Wo, s, p, d, K), R = 1 + 2 * K;
+        i64 Hp = H + 2 * p, Wp = W + 2 * p;
+        real *gp = calloc((size_t)(N * Hp * Wp * C), sizeof(real));
         for (i64 n = 0; n < N; n++)
-            for (i64 ih = 0; ih < H; ih++) {
-                const i64 *th = rh + ih * R;
-                for (i64 iw = 0; iw < W; iw++) {
-                    const i64 *tw = rw + iw * R;
-                    real *out = gx + ((n * H + ih) * W + iw) * C;
-                    for (i64 cb = 0; cb < C; cb += VL) {
-                        vec acc = {0};
-                        for (i64 a = 0; a < th[0]; a++) {
-                            const real *grow = gy + (n * Ho + th[2 + 2 * a]) * Wo * C + cb;
-                            const real *wrow = wt + th[1 + 2 * a] * K * C + cb;
-                            for (i64 b = 0; b < tw[0]; b++)
-                                acc += FN(ld)(wrow + tw[1 + 2 * b] * C) * FN(ld)(grow + tw[2 + 2 * b] * C);
+            for (i64 oh = 0; oh < Ho; oh++)
+                for (i64 ow = 0; ow < Wo; ow++) {
+                    const real *g = gy + ((n * Ho + oh) * Wo + ow) * C;
+                    real *b = gp + ((n * Hp + oh * s) * Wp + ow * s) * C;
+                    for (i64 i = 0; i < K; i++)
+                        for (i64 j = 0; j < K; j++) {
+                            real *at = b + (i * d * Wp + j * d) * C;
+                            const real *w = wt + (i * K + j) * C;
+                            for (i64 cb = 0; cb < C; cb += VL)
+                                FN(st)(at + cb, FN(ld)(at + cb) + FN(ld)(w + cb) * FN(ld)(g + cb));
                         }
-                        FN(st)(out + cb, acc);
-                    }
                 }
-            }
-        free(rh);
-        free(rw);
+        for (i64 n = 0; n < N; n++)
+            for (i64 h = 0; h < H; h++)
+                memcpy(gx + (n * H + h) * W * C, gp + ((n * Hp + h + p) * Wp + p) * C, sizeof(real) * W * C);
+        free(gp);
     }
     if (relu)
         for (i64 e = 0; e < N * H * W * C; e += VL) FN(st)(gx + e, FN(keep_pos)(FN(ld)(gx + e), FN(ld)(x + e)));
 }
 
-/* grad_w (transposed, [K*K, C]) of dw_forward: per output row and tap, four register sums over the row. */
+/* One output row's contribution to the weight gradient of one kernel row: for every column tap
+ * j, g[j] += sum_ow xa[ow*s + j*d] * ga[ow]. K is a constant where this is inlined (3, 5), so
+ * the K sums (two chains each) stay in registers. */
+static inline __attribute__((always_inline)) void FN(gw_row)(const real *xa, const real *ga, real *g, i64 Wo,
+                                                            i64 px, i64 colstep, i64 C, const i64 K)
+{
+    vec e[7] = {{0}}, o[7] = {{0}};
+    i64 ow = 0;
+    for (; ow + 2 <= Wo; ow += 2) {
+        vec g0 = FN(ld)(ga + ow * C), g1 = FN(ld)(ga + (ow + 1) * C);
+        const real *x0 = xa + ow * px, *x1 = x0 + px;
+        for (i64 j = 0; j < K; j++) {
+            e[j] += FN(ld)(x0 + j * colstep) * g0;
+            o[j] += FN(ld)(x1 + j * colstep) * g1;
+        }
+    }
+    if (ow < Wo) {
+        vec g0 = FN(ld)(ga + ow * C);
+        for (i64 j = 0; j < K; j++) e[j] += FN(ld)(xa + ow * px + j * colstep) * g0;
+    }
+    for (i64 j = 0; j < K; j++) FN(st)(g + j * C, FN(ld)(g + j * C) + (e[j] + o[j]));
+}
+
+/* grad_w (transposed, [K*K, C]) of dw_forward, on the padded (ReLU'd) input. */
 static void FN(dw_grad_weight_vec)(const real *restrict x, const real *restrict gy, real *restrict gwt,
                                    i64 N, i64 H, i64 W, i64 C, i64 Ho, i64 Wo, i64 K, i64 s, i64 p, i64 d,
                                    int relu)
 {
     memset(gwt, 0, sizeof(real) * K * K * C);
-    i64 *rh = FN(tap_ranges)(Ho, s, p, d, K, H), *rw = malloc(sizeof(i64) * 2 * K);
-    for (i64 j = 0; j < K; j++) {   /* the outputs ow whose tap j reads inside the row */
-        i64 a = j * d - p, ow0 = a >= 0 ? 0 : (-a + s - 1) / s, last = W - 1 - a;
-        i64 ow1 = last < 0 ? 0 : last / s + 1;
-        rw[2 * j] = ow0 < Wo ? ow0 : Wo;
-        rw[2 * j + 1] = ow1 < Wo ? ow1 : Wo;
-    }
+    i64 Hp = H + 2 * p, Wp = W + 2 * p, px = s * C, colstep = d * C;
+    real *xp = FN(padded)(x, N, H, W, C, p, relu);
     for (i64 n = 0; n < N; n++)
         for (i64 oh = 0; oh < Ho; oh++) {
             const real *grow = gy + (n * Ho + oh) * Wo * C;
-            for (i64 i = rh[2 * oh]; i < rh[2 * oh + 1]; i++) {
-                const real *xrow = x + (n * H + oh * s - p + i * d) * W * C;
-                for (i64 j = 0; j < K; j++) {
-                    i64 a = j * d - p, ow1 = rw[2 * j + 1];
-                    for (i64 cb = 0; cb < C; cb += VL) {
-                        vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                        i64 ow = rw[2 * j];
-                        for (; ow + 4 <= ow1; ow += 4) {
-                            const real *xa = xrow + (ow * s + a) * C + cb, *ga = grow + ow * C + cb;
-                            vec v0 = FN(ld)(xa), v1 = FN(ld)(xa + s * C), v2 = FN(ld)(xa + 2 * s * C),
-                                v3 = FN(ld)(xa + 3 * s * C);
-                            if (relu) {
-                                v0 = FN(keep_pos)(v0, v0); v1 = FN(keep_pos)(v1, v1);
-                                v2 = FN(keep_pos)(v2, v2); v3 = FN(keep_pos)(v3, v3);
-                            }
-                            a0 += v0 * FN(ld)(ga); a1 += v1 * FN(ld)(ga + C);
-                            a2 += v2 * FN(ld)(ga + 2 * C); a3 += v3 * FN(ld)(ga + 3 * C);
+            for (i64 i = 0; i < K; i++) {
+                const real *xrow = xp + (n * Hp + oh * s + i * d) * Wp * C;
+                for (i64 cb = 0; cb < C; cb += VL) {
+                    real *g = gwt + i * K * C + cb;
+                    if (K == 3) FN(gw_row)(xrow + cb, grow + cb, g, Wo, px, colstep, C, 3);
+                    else if (K == 5) FN(gw_row)(xrow + cb, grow + cb, g, Wo, px, colstep, C, 5);
+                    else
+                        for (i64 j0 = 0; j0 < K; j0 += 7) {   /* any other size, seven columns at a time */
+                            i64 k = K - j0 < 7 ? K - j0 : 7;
+                            FN(gw_row)(xrow + cb + j0 * colstep, grow + cb, g + j0 * C, Wo, px, colstep, C, k);
                         }
-                        for (; ow < ow1; ow++) {
-                            vec v0 = FN(ld)(xrow + (ow * s + a) * C + cb);
-                            if (relu) v0 = FN(keep_pos)(v0, v0);
-                            a0 += v0 * FN(ld)(grow + ow * C + cb);
-                        }
-                        real *g = gwt + (i * K + j) * C + cb;
-                        FN(st)(g, FN(ld)(g) + ((a0 + a1) + (a2 + a3)));
-                    }
                 }
             }
         }
-    free(rh);
-    free(rw);
+    free(xp);
 }
 
 /* 1x1 convolution, four pixels at a time sharing each weight load; wt is [Ci, Co]. */

@@ -1,0 +1,189 @@
+"""The native conv-chain kernels compute what PyTorch's layers compute, and step aside where they
+do not apply.
+
+Each chain ``[ReLU] -> depthwise conv -> 1x1 conv -> BatchNorm(batch statistics, no affine)`` is
+checked against the same ``nn`` modules run by PyTorch, in float64 (relative error <= 1e-10)
+and float32, for every geometry the search uses (3x3 / 5x5, dilation 1 / 2, stride 1 / 2), with
+and without the ReLU read into the chain, with channel counts that take the vectorised kernels
+and counts that take the scalar ones; forward output, running statistics, and the gradients of
+input and both weights. The supernet-level equality (logits, gradients, trajectories against
+``tests/reference_supernet.py``) is in test_fast_supernet.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairdarts.search_space import native
+from fairdarts.search_space.native.chain import applicable, conv_bn_chain
+from fairdarts.search_space.operations import DilConv, ReLUConvBN, SepConv
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+needs_kernels = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
+
+# (kernel, stride, padding, dilation): sep_conv 3x3 / 5x5, dil_conv 3x3 / 5x5, each at stride 1 and 2
+GEOMETRIES = [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2),
+              (3, 2, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 2, 4, 2)]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def modules(c_in: int, c_out: int, geometry: tuple[int, int, int, int] | None, dtype: torch.dtype):
+    torch.manual_seed(0)
+    dw = None
+    if geometry is not None:
+        k, s, p, d = geometry
+        dw = nn.Conv2d(c_in, c_in, k, s, p, d, groups=c_in, bias=False).to(dtype)
+    pw = nn.Conv2d(c_in, c_out, 1, bias=False).to(dtype)
+    bn = nn.BatchNorm2d(c_out, affine=False).to(dtype)
+    return dw, pw, bn
+
+
+def torch_chain(x, dw, pw, bn, relu: bool) -> torch.Tensor:
+    h = F.relu(x) if relu else x
+    return bn(pw(dw(h) if dw is not None else h))
+
+
+def run_both(c_in: int, c_out: int, geometry, relu: bool, dtype: torch.dtype, px: int = 9, n: int = 3):
+    """(native, torch) results: output, running mean/var, grads of x, dw weight, pw weight."""
+    results = []
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(n, c_in, px, px, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    for use_native in (True, False):
+        dw, pw, bn = modules(c_in, c_out, geometry, dtype)
+        x = x0.clone().requires_grad_()
+        y = conv_bn_chain(x, dw, pw, bn, relu) if use_native else torch_chain(x, dw, pw, bn, relu)
+        assert y is not None
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+        y.backward(gy)
+        params = [pw.weight] if dw is None else [dw.weight, pw.weight]
+        results.append([y.detach(), bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(),
+                         x.grad] + [p.grad for p in params])
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu-in"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "k{}s{}p{}d{}".format(*g))
+@pytest.mark.parametrize("channels", [8, 6], ids=["vectorised", "scalar"])
+def test_chain_equals_pytorch_float64(geometry, relu, channels) -> None:
+    native_out, torch_out = run_both(channels, channels, geometry, relu, torch.float64)
+    for a, b in zip(native_out, torch_out):
+        assert a.shape == b.shape
+        assert rel_err(a.double(), b.double()) <= 1e-10
+
+
+@needs_kernels
+@pytest.mark.parametrize("c_in,c_out", [(24, 8), (16, 16), (12, 4), (5, 3)])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu-in"])
+def test_pointwise_chain_equals_pytorch(c_in, c_out, relu) -> None:
+    """The preprocessing chain (ReLU -> 1x1 -> BN) at channel counts in and out of the vector width."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        native_out, torch_out = run_both(c_in, c_out, None, relu, dtype)
+        for a, b in zip(native_out, torch_out):
+            assert rel_err(a.double(), b.double()) <= tol
+
+
+@needs_kernels
+@pytest.mark.parametrize("geometry", [(3, 1, 1, 1), (5, 2, 4, 2)], ids=["sep3", "dil5-stride2"])
+def test_chain_float32_close_to_pytorch(geometry) -> None:
+    native_out, torch_out = run_both(16, 16, geometry, True, torch.float32, px=12, n=4)
+    for a, b in zip(native_out, torch_out):
+        assert rel_err(a.double(), b.double()) <= 1e-4
+
+
+@needs_kernels
+def test_ops_take_the_native_path_and_match_their_modules() -> None:
+    """SepConv, DilConv and ReLUConvBN with the search's settings give what nn.Sequential gives."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for op in (SepConv(8, 8, 3, 1, 1, affine=False, leading_relu=False), DilConv(8, 8, 5, 2, 4, 2, affine=False),
+               ReLUConvBN(8, 8, 1, 1, 0, affine=False)):
+        op = op.double()
+        assert applicable(x, None, op.op[-2], op.op[-1])
+        a = op(x)
+        b = op.op(x)
+        assert rel_err(a, b) <= 1e-10
+
+
+def test_not_applicable_where_the_modules_differ() -> None:
+    """Eval mode, affine BatchNorm, autocast, integer or half tensors and cumulative averages take
+    the modules' own path."""
+    x = torch.randn(2, 8, 6, 6)
+    dw, pw, bn = modules(8, 8, (3, 1, 1, 1), torch.float32)
+    bn.eval()
+    assert conv_bn_chain(x, dw, pw, bn, relu=False) is None
+    bn.train()
+    assert not applicable(x.half(), dw, pw, bn)
+    affine = nn.BatchNorm2d(8, affine=True)
+    assert not applicable(x, dw, pw, affine)
+    cumulative = nn.BatchNorm2d(8, affine=False, momentum=None)
+    assert not applicable(x, dw, pw, cumulative)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applicable(x, dw, pw, bn)
+
+
+@needs_kernels
+def test_double_backward_goes_through_pytorch() -> None:
+    """Under create_graph=True (``--hessian exact``) the gradients are themselves differentiable and
+    their derivatives equal those of the plain modules."""
+    outs = []
+    for use_native in (True, False):
+        dw, pw, bn = modules(4, 4, (3, 1, 2, 2), torch.float64)
+        x = torch.randn(2, 4, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = conv_bn_chain(x, dw, pw, bn, True) if use_native else torch_chain(x, dw, pw, bn, True)
+        g_w = torch.autograd.grad((y ** 3).sum(), [dw.weight, pw.weight], create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in g_w), [x, dw.weight])
+        outs.append([*g_w, *second])
+    for a, b in zip(*outs):
+        assert rel_err(a, b) <= 1e-10
+
+
+def test_switched_off_by_environment_runs_pytorch() -> None:
+    """FAIRDARTS_NATIVE_KERNELS=0: no library, the reason says why, and the supernet still runs."""
+    code = ("import os; os.environ['FAIRDARTS_NATIVE_KERNELS'] = '0'\n"
+            "from fairdarts.search_space import native, Supernet, FAIRDARTS_PRIMITIVES\n"
+            "import torch\n"
+            "assert native.library() is None, 'loaded'\n"
+            "print(native.unavailable_reason())\n"
+            "m = Supernet(4, 10, 3, FAIRDARTS_PRIMITIVES)\n"
+            "m(torch.randn(2, 3, 8, 8)).sum().backward()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "FAIRDARTS_NATIVE_KERNELS=0" in out.stdout
+
+
+def test_no_compiler_falls_back_with_a_reason(tmp_path, monkeypatch) -> None:
+    """Without a C compiler the library is None and the reason names the missing compiler."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    native.reset()
+    try:
+        assert native.library() is None
+        assert "no C compiler" in (native.unavailable_reason() or "")
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert native.library() is not None or native.unavailable_reason()
+
+
+def test_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch) -> None:
+    """A fresh cache folder gets one library; loading again reuses it instead of compiling."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
+    first = native._build(native._compiler())  # type: ignore[arg-type]
+    mtime = first.stat().st_mtime_ns
+    again = native._build(native._compiler())  # type: ignore[arg-type]
+    assert again == first and again.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
