@@ -187,3 +187,13 @@ def test_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch) -> No
     again = native._build(native._compiler())  # type: ignore[arg-type]
     assert again == first and again.stat().st_mtime_ns == mtime
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,px", [(5, 48), (7, 24)], ids=["image-per-chunk", "chunks-of-several"])
+def test_chunked_batches_equal_pytorch(n, px) -> None:
+    """Batches the vectorised path splits into chunks of images (one per chunk, or several with a
+    remainder) give the same outputs, statistics and gradients as PyTorch."""
+    native_out, torch_out = run_both(16, 16, (5, 1, 4, 2), True, torch.float64, px=px, n=n)
+    for a, b in zip(native_out, torch_out):
+        assert rel_err(a, b) <= 1e-10

@@ -1,6 +1,6 @@
-/* BatchNorm and the chain entry points for one floating-point type (see kernels.c). Each
- * kernel takes its vectorised form when the channels it vectorises over are a multiple of the
- * vector width, its scalar form otherwise. */
+/* BatchNorm and the chain entry points for one floating-point type (see kernels.c). A chain whose
+ * channel counts in and out are multiples of the vector width runs the vectorised kernels one
+ * image at a time; any other runs the scalar kernels over the whole batch. */
 
 #define VEC(C) ((C) % (i64)(32 / sizeof(real)) == 0)
 
@@ -68,74 +68,158 @@ static real *FN(transposed)(const real *w, i64 rows, i64 cols)
     return t;
 }
 
-static void FN(pw_forward)(const real *x, const real *wt, real *y, i64 P, i64 Ci, i64 Co, int relu)
+/* The chain over one batch, a few images at a time (the vectorised path): each chunk's padded
+ * input, depthwise output, 1x1 output and their gradients are made and used while they are in
+ * the core's cache, so memory sees each tensor of the chain about once per pass. A chunk holds
+ * about CHUNK_ELEMENTS input elements (at least one image). */
+#define CHUNK_ELEMENTS 32768
+static inline i64 FN(chunk_images)(i64 per_image, i64 N)
 {
-    if (VEC(Co)) FN(pw_forward_vec)(x, wt, y, P, Ci, Co, relu);
-    else FN(pw_forward_scalar)(x, wt, y, P, Ci, Co, relu);
+    i64 k = CHUNK_ELEMENTS / (per_image > 0 ? per_image : 1);
+    return k < 1 ? 1 : (k > N ? N : k);
 }
 
-static void FN(pw_backward)(const real *x, const real *w, const real *gy, real *gx, real *gw,
-                            i64 P, i64 Ci, i64 Co, int relu)
+static void FN(chain_forward_vec)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
+                                  real *running_mean, real *running_var, double momentum, double eps,
+                                  i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
+                                  int relu)
 {
-    if (VEC(Ci)) FN(pw_backward_vec)(x, w, gy, gx, gw, P, Ci, Co, relu);
-    else FN(pw_backward_scalar)(x, w, gy, gx, gw, P, Ci, Co, relu);
+    i64 Pn = Ho * Wo, P = N * Pn;
+    real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL, *pt = FN(transposed)(wpw, Co, Ci);
+    double *sum = calloc((size_t)(4 * Co), sizeof(double)), *sq = sum + Co, *part = sq + Co, *part2 = part + Co;
+    real *shift = malloc(sizeof(real) * Co);
+    i64 nb = FN(chunk_images)(H * W * Ci, N);
+    for (i64 n = 0; n < N; n += nb) {
+        i64 m = N - n < nb ? N - n : nb;
+        const real *src = x + n * H * W * Ci;
+        real *yn = y + n * Pn * Co;
+        if (wdw) {
+            FN(dw_forward_vec)(src, wt, z + n * Pn * Ci, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+            src = z + n * Pn * Ci;
+        }
+        FN(pw_forward_vec)(src, pt, yn, m * Pn, Ci, Co, wdw ? 0 : relu);
+        /* batch statistics: sums per chunk in registers, then in double; the squares are taken
+         * about the first chunk's mean, so their difference to the mean's square does not cancel */
+        FN(channel_sums_vec)(yn, m * Pn, Co, NULL, part, 0);
+        if (n == 0)
+            for (i64 c = 0; c < Co; c++) shift[c] = (real)(part[c] / (double)(m * Pn));
+        FN(channel_sums_vec)(yn, m * Pn, Co, shift, part2, 1);
+        for (i64 c = 0; c < Co; c++) { sum[c] += part[c]; sq[c] += part2[c]; }
+    }
+    real *mean = malloc(sizeof(real) * Co);
+    for (i64 c = 0; c < Co; c++) {
+        double m = sum[c] / (double)P, dm = m - (double)shift[c];
+        double ss = sq[c] - (double)P * dm * dm;          /* sum of (y - mean)^2 */
+        if (ss < 0) ss = 0;
+        double var = ss / (double)P;
+        invstd[c] = (real)(1.0 / sqrt(var + eps));
+        mean[c] = (real)m;
+        if (running_mean) {
+            running_mean[c] = (real)((1.0 - momentum) * running_mean[c] + momentum * m);
+            double unbiased = P > 1 ? ss / (double)(P - 1) : var;
+            running_var[c] = (real)((1.0 - momentum) * running_var[c] + momentum * unbiased);
+        }
+    }
+    FN(bn_apply_vec)(y, y, NULL, mean, NULL, invstd, P, Co);
+    free(mean);
+    free(shift);
+    free(sum);
+    free(pt);
+    free(wt);
 }
 
-/* Forward of one chain: z = dw(x) (skipped when wdw is NULL: z = x), y = bn(pw(z)).
+static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
+                                   const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
+                                   i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
+                                   int relu)
+{
+    i64 Pn = Ho * Wo, P = N * Pn, In = H * W * Ci;
+    double *sg = calloc((size_t)(2 * Co), sizeof(double)), *sgy = sg + Co;
+    FN(bn_backward_sums_vec)(y, gy, P, Co, sg, sgy);
+    real *a = malloc(sizeof(real) * 2 * Co), *b = a + Co;
+    for (i64 c = 0; c < Co; c++) { a[c] = (real)(sg[c] / (double)P); b[c] = (real)(sgy[c] / (double)P); }
+    i64 nb = FN(chunk_images)(In, N);
+    real *gu = malloc(sizeof(real) * nb * Pn * Co);
+    real *gz = wdw ? malloc(sizeof(real) * nb * Pn * Ci) : NULL;
+    real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL;
+    real *gwt = wdw && gwdw ? calloc((size_t)(K * K * Ci), sizeof(real)) : NULL;
+    if (gwpw) memset(gwpw, 0, sizeof(real) * Co * Ci);
+    for (i64 n = 0; n < N; n += nb) {
+        i64 m = N - n < nb ? N - n : nb;
+        const real *xn = x + n * In;
+        real *gxn = gx ? gx + n * In : NULL;
+        FN(bn_apply_vec)(gu, y + n * Pn * Co, gy + n * Pn * Co, a, b, invstd, m * Pn, Co);
+        if (!wdw) {
+            FN(pw_backward_vec)(xn, wpw, gu, gxn, gwpw, m * Pn, Ci, Co, relu);
+            continue;
+        }
+        FN(pw_backward_vec)(z + n * Pn * Ci, wpw, gu, (gx || gwdw) ? gz : NULL, gwpw, m * Pn, Ci, Co, 0);
+        if (gxn) FN(dw_grad_input_vec)(xn, wt, gz, gxn, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+        if (gwt) FN(dw_grad_weight_vec)(xn, gz, gwt, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+    }
+    if (gwt)
+        for (i64 t = 0; t < K * K; t++)
+            for (i64 c = 0; c < Ci; c++) gwdw[c * K * K + t] = gwt[t * Ci + c];
+    free(gwt);
+    free(wt);
+    free(gz);
+    free(gu);
+    free(a);
+    free(sg);
+}
+
+/* Forward of one chain (the entry point): z = dw(x) (skipped when wdw is NULL: z = x), y = bn(pw(z)).
  * `relu` applies to x, the chain's input. z [N, Ho, Wo, Ci] is kept for the backward. */
 void FN(chain_forward)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
                        real *running_mean, real *running_var, double momentum, double eps,
                        i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
                        int relu)
 {
+    if (VEC(Ci) && VEC(Co)) {
+        FN(chain_forward_vec)(x, wdw, wpw, z, y, invstd, running_mean, running_var, momentum, eps,
+                              N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu);
+        return;
+    }
     const real *src = x;
     int pw_relu = relu;
     if (wdw) {
         real *wt = FN(transposed)(wdw, Ci, K * K);
-        if (VEC(Ci)) FN(dw_forward_vec)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
-        else FN(dw_forward_scalar)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+        FN(dw_forward_scalar)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
         free(wt);
         src = z;
         pw_relu = 0;
     }
     real *pt = FN(transposed)(wpw, Co, Ci);
-    FN(pw_forward)(src, pt, y, N * Ho * Wo, Ci, Co, pw_relu);
+    FN(pw_forward_scalar)(src, pt, y, N * Ho * Wo, Ci, Co, pw_relu);
     free(pt);
     FN(bn_forward)(y, invstd, running_mean, running_var, momentum, eps, N * Ho * Wo, Co);
 }
 
-static void FN(dw_backward)(const real *x, const real *wt, const real *gz, real *gx, real *gwt,
-                            i64 N, i64 H, i64 W, i64 C, i64 Ho, i64 Wo, i64 K, i64 s, i64 p, i64 d, int relu)
-{
-    if (!VEC(C)) {
-        FN(dw_backward_scalar)(x, wt, gz, gx, gwt, N, H, W, C, Ho, Wo, K, s, p, d, relu);
-        return;
-    }
-    if (gx) FN(dw_grad_input_vec)(x, wt, gz, gx, N, H, W, C, Ho, Wo, K, s, p, d, relu);
-    if (gwt) FN(dw_grad_weight_vec)(x, gz, gwt, N, H, W, C, Ho, Wo, K, s, p, d, relu);
-}
-
-/* Backward of chain_forward from gy: gx, gwdw [Ci, K*K], gwpw [Co, Ci]; each NULL when not wanted. */
+/* Backward of chain_forward from gy (the entry point): gx, gwdw [Ci, K*K], gwpw [Co, Ci]; each NULL when not wanted. */
 void FN(chain_backward)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
                         const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
                         i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
                         int relu)
 {
+    if (VEC(Ci) && VEC(Co)) {
+        FN(chain_backward_vec)(x, wdw, wpw, z, y, invstd, gy, gx, gwdw, gwpw, N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu);
+        return;
+    }
     i64 P = N * Ho * Wo;
     real *gu = malloc(sizeof(real) * P * Co);
     FN(bn_backward)(y, gy, invstd, gu, P, Co);
     if (!wdw) {
-        FN(pw_backward)(x, wpw, gu, gx, gwpw, P, Ci, Co, relu);
+        FN(pw_backward_scalar)(x, wpw, gu, gx, gwpw, P, Ci, Co, relu);
         free(gu);
         return;
     }
     real *gz = (gx || gwdw) ? malloc(sizeof(real) * P * Ci) : NULL;
-    FN(pw_backward)(z, wpw, gu, gz, gwpw, P, Ci, Co, 0);
+    FN(pw_backward_scalar)(z, wpw, gu, gz, gwpw, P, Ci, Co, 0);
     free(gu);
     if (!gz) return;
     real *wt = FN(transposed)(wdw, Ci, K * K);
     real *gwt = gwdw ? malloc(sizeof(real) * K * K * Ci) : NULL;
-    FN(dw_backward)(x, wt, gz, gx, gwt, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+    FN(dw_backward_scalar)(x, wt, gz, gx, gwt, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
     if (gwt) {
         for (i64 t = 0; t < K * K; t++)
             for (i64 c = 0; c < Ci; c++) gwdw[c * K * K + t] = gwt[t * Ci + c];

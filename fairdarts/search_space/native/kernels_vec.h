@@ -12,7 +12,6 @@
 #define VL ((i64)(32 / sizeof(real)))
 typedef real FN(vec) __attribute__((vector_size(32)));
 #define vec FN(vec)
-#define UNROLL 4
 
 static inline vec FN(ld)(const real *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline void FN(st)(real *p, vec v) { memcpy(p, &v, sizeof v); }
@@ -50,6 +49,30 @@ static real *FN(padded)(const real *restrict x, i64 N, i64 H, i64 W, i64 C, i64 
     return out;
 }
 
+/* Eight output pixels of one output row and one channel block, stride 1, kernel K with dilation
+ * d (constants where this is inlined): each input vector of the window is loaded once and used
+ * by every (pixel, tap) pair that reads it, and the K weights of a kernel row stay in registers. */
+static inline __attribute__((always_inline)) void FN(dw_run8)(const real *b, const real *wt, real *o, i64 rowstep,
+                                                             i64 C, const i64 K, const i64 d)
+{
+    vec acc[8] = {{0}};
+    for (i64 i = 0; i < K; i++) {
+        vec w[5];
+        for (i64 j = 0; j < K; j++) w[j] = FN(ld)(wt + (i * K + j) * C);
+        const real *row = b + i * rowstep;
+#pragma GCC unroll 16
+        for (i64 t = 0; t < 8 + (K - 1) * d; t++) {
+            vec v = FN(ld)(row + t * C);
+#pragma GCC unroll 5
+            for (i64 j = 0; j < K; j++) {
+                i64 k = t - j * d;
+                if (k >= 0 && k < 8) acc[k] += w[j] * v;
+            }
+        }
+    }
+    for (int k = 0; k < 8; k++) FN(st)(o + k * C, acc[k]);
+}
+
 /* Depthwise convolution of a padded input xp [N, Hp, Wp, C] in which every tap is inside:
  * y[n, oh, ow] = sum_taps wt[tap] * xp[n, oh*s + i*d, ow*s + j*d]; four output pixels at a time. */
 static void FN(dw_conv_padded)(const real *restrict xp, const real *restrict wt, real *restrict y,
@@ -62,6 +85,16 @@ static void FN(dw_conv_padded)(const real *restrict xp, const real *restrict wt,
             real *yrow = y + (n * Ho + oh) * Wo * C;
             for (i64 cb = 0; cb < C; cb += VL) {
                 i64 ow = 0;
+                if (s == 1 && K <= 5)
+                    for (; ow + 8 <= Wo; ow += 8) {
+                        const real *b = xrow + ow * C + cb;
+                        real *o = yrow + ow * C + cb;
+                        if (K == 3 && d == 1) FN(dw_run8)(b, wt + cb, o, rowstep, C, 3, 1);
+                        else if (K == 3 && d == 2) FN(dw_run8)(b, wt + cb, o, rowstep, C, 3, 2);
+                        else if (K == 5 && d == 1) FN(dw_run8)(b, wt + cb, o, rowstep, C, 5, 1);
+                        else if (K == 5 && d == 2) FN(dw_run8)(b, wt + cb, o, rowstep, C, 5, 2);
+                        else break;
+                    }
                 for (; ow + 4 <= Wo; ow += 4) {
                     vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
                     const real *b = xrow + ow * px + cb;
@@ -159,12 +192,11 @@ static inline __attribute__((always_inline)) void FN(gw_row)(const real *xa, con
     for (i64 j = 0; j < K; j++) FN(st)(g + j * C, FN(ld)(g + j * C) + (e[j] + o[j]));
 }
 
-/* grad_w (transposed, [K*K, C]) of dw_forward, on the padded (ReLU'd) input. */
+/* grad_w (transposed, [K*K, C]) of dw_forward, on the padded (ReLU'd) input, added to gwt. */
 static void FN(dw_grad_weight_vec)(const real *restrict x, const real *restrict gy, real *restrict gwt,
                                    i64 N, i64 H, i64 W, i64 C, i64 Ho, i64 Wo, i64 K, i64 s, i64 p, i64 d,
                                    int relu)
 {
-    memset(gwt, 0, sizeof(real) * K * K * C);
     i64 Hp = H + 2 * p, Wp = W + 2 * p, px = s * C, colstep = d * C;
     real *xp = FN(padded)(x, N, H, W, C, p, relu);
     for (i64 n = 0; n < N; n++)
@@ -187,103 +219,92 @@ static void FN(dw_grad_weight_vec)(const real *restrict x, const real *restrict 
     free(xp);
 }
 
-/* 1x1 convolution, four pixels at a time sharing each weight load; wt is [Ci, Co]. */
-static void FN(pw_forward_vec)(const real *restrict x, const real *restrict wt, real *restrict y,
-                               i64 P, i64 Ci, i64 Co, int relu)
+/* A register-blocked product, the building block of every 1x1 convolution and its gradients:
+ * Cm[r, c] (+)= sum_k relu?(A[r*ars + k*aks]) * relu?(B[k*bks + c]) for R rows and NB vectors of
+ * columns; R and NB are constants where this is inlined, so the R x NB sums stay in registers and
+ * each k costs NB vector loads and R broadcasts for R * NB multiply-adds. */
+static inline __attribute__((always_inline)) void FN(mk)(const real *A, i64 ars, i64 aks, const real *B, i64 bks,
+                                                        i64 Kd, real *Cm, i64 crs, int acc_in, int relu_a,
+                                                        int relu_b, const int R, const int NB)
 {
-    i64 q = 0;
-    for (; q + 4 <= P; q += 4) {
-        const real *x0 = x + q * Ci;
-        for (i64 ob = 0; ob < Co; ob += VL) {
-            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (i64 i = 0; i < Ci; i++) {
-                vec w = FN(ld)(wt + i * Co + ob);
-                real v0 = x0[i], v1 = x0[Ci + i], v2 = x0[2 * Ci + i], v3 = x0[3 * Ci + i];
-                if (relu) { v0 = v0 > 0 ? v0 : 0; v1 = v1 > 0 ? v1 : 0; v2 = v2 > 0 ? v2 : 0; v3 = v3 > 0 ? v3 : 0; }
-                a0 += v0 * w; a1 += v1 * w; a2 += v2 * w; a3 += v3 * w;
-            }
-            real *y0 = y + q * Co + ob;
-            FN(st)(y0, a0); FN(st)(y0 + Co, a1); FN(st)(y0 + 2 * Co, a2); FN(st)(y0 + 3 * Co, a3);
+    vec acc[4][2] = {{{0}}};
+    for (i64 k = 0; k < Kd; k++) {
+        vec b[2];
+        for (int c = 0; c < NB; c++) {
+            b[c] = FN(ld)(B + k * bks + c * VL);
+            if (relu_b) b[c] = FN(keep_pos)(b[c], b[c]);
+        }
+        for (int r = 0; r < R; r++) {
+            real a = A[r * ars + k * aks];
+            if (relu_a) a = a > 0 ? a : 0;
+            for (int c = 0; c < NB; c++) acc[r][c] += a * b[c];
         }
     }
-    for (; q < P; q++)
-        for (i64 ob = 0; ob < Co; ob += VL) {
-            vec a0 = {0};
-            for (i64 i = 0; i < Ci; i++) {
-                real v0 = x[q * Ci + i];
-                if (relu) v0 = v0 > 0 ? v0 : 0;
-                a0 += v0 * FN(ld)(wt + i * Co + ob);
-            }
-            FN(st)(y + q * Co + ob, a0);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < NB; c++) {
+            real *o = Cm + r * crs + c * VL;
+            FN(st)(o, acc_in ? FN(ld)(o) + acc[r][c] : acc[r][c]);
         }
 }
 
-#define PW_TILE 128
-/* Gradients of pw_forward: gx [P, Ci] (NULL: not wanted; four pixels at a time) and gw [Co, Ci]
- * (NULL: not wanted), the latter summed in registers over tiles of PW_TILE pixels. */
+/* Cm [M, Nc] (+)= A [M, Kd] . B [Kd, Nc] with the strides above; Nc a multiple of VL. */
+static void FN(gemm)(const real *A, i64 ars, i64 aks, const real *B, i64 bks, i64 Kd, real *Cm, i64 crs,
+                     i64 M, i64 Nc, int acc_in, int relu_a, int relu_b)
+{
+    for (i64 c0 = 0; c0 < Nc; c0 += 2 * VL) {
+        int two = Nc - c0 >= 2 * VL;
+        i64 r0 = 0;
+        for (; r0 + 4 <= M; r0 += 4) {
+            const real *a = A + r0 * ars;
+            real *o = Cm + r0 * crs + c0;
+            if (two) FN(mk)(a, ars, aks, B + c0, bks, Kd, o, crs, acc_in, relu_a, relu_b, 4, 2);
+            else FN(mk)(a, ars, aks, B + c0, bks, Kd, o, crs, acc_in, relu_a, relu_b, 4, 1);
+        }
+        for (; r0 < M; r0++) {
+            const real *a = A + r0 * ars;
+            real *o = Cm + r0 * crs + c0;
+            if (two) FN(mk)(a, ars, aks, B + c0, bks, Kd, o, crs, acc_in, relu_a, relu_b, 1, 2);
+            else FN(mk)(a, ars, aks, B + c0, bks, Kd, o, crs, acc_in, relu_a, relu_b, 1, 1);
+        }
+    }
+}
+
+/* 1x1 convolution y [P, Co] = relu?(x) [P, Ci] . wt [Ci, Co] (needs Co % VL == 0). */
+static void FN(pw_forward_vec)(const real *restrict x, const real *restrict wt, real *restrict y,
+                               i64 P, i64 Ci, i64 Co, int relu)
+{
+    FN(gemm)(x, Ci, 1, wt, Co, Ci, y, Co, P, Co, 0, relu, 0);
+}
+
+#define PW_TILE 256
+/* Gradients of pw_forward (need Ci % VL == 0): gx [P, Ci] = gy . w (NULL: not wanted; masked by
+ * x > 0 when `relu`) and gw [Co, Ci] += gy^T . relu?(x) (NULL: not wanted), summed over tiles
+ * of PW_TILE pixels that stay in L1. */
 static void FN(pw_backward_vec)(const real *restrict x, const real *restrict w, const real *restrict gy,
                                 real *restrict gx, real *restrict gw, i64 P, i64 Ci, i64 Co, int relu)
 {
     if (gx) {
-        i64 q = 0;
-        for (; q + 4 <= P; q += 4) {
-            const real *g0 = gy + q * Co;
-            for (i64 ib = 0; ib < Ci; ib += VL) {
-                vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                for (i64 o = 0; o < Co; o++) {
-                    vec wv = FN(ld)(w + o * Ci + ib);
-                    a0 += g0[o] * wv; a1 += g0[Co + o] * wv; a2 += g0[2 * Co + o] * wv; a3 += g0[3 * Co + o] * wv;
-                }
-                real *o0 = gx + q * Ci + ib;
-                FN(st)(o0, a0); FN(st)(o0 + Ci, a1); FN(st)(o0 + 2 * Ci, a2); FN(st)(o0 + 3 * Ci, a3);
-            }
-        }
-        for (; q < P; q++)
-            for (i64 ib = 0; ib < Ci; ib += VL) {
-                vec acc = {0};
-                for (i64 o = 0; o < Co; o++) acc += gy[q * Co + o] * FN(ld)(w + o * Ci + ib);
-                FN(st)(gx + q * Ci + ib, acc);
-            }
+        FN(gemm)(gy, Co, 1, w, Ci, Co, gx, Ci, P, Ci, 0, 0, 0);
         if (relu)
             for (i64 e = 0; e < P * Ci; e += VL) FN(st)(gx + e, FN(keep_pos)(FN(ld)(gx + e), FN(ld)(x + e)));
     }
     if (!gw) return;
-    memset(gw, 0, sizeof(real) * Co * Ci);
     for (i64 q0 = 0; q0 < P; q0 += PW_TILE) {
-        i64 q1 = q0 + PW_TILE < P ? q0 + PW_TILE : P;
-        for (i64 o = 0; o < Co; o++)
-            for (i64 ib = 0; ib < Ci; ib += VL) {
-                vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                i64 q = q0;
-                for (; q + 4 <= q1; q += 4) {
-                    const real *xa = x + q * Ci + ib, *ga = gy + q * Co + o;
-                    vec v0 = FN(ld)(xa), v1 = FN(ld)(xa + Ci), v2 = FN(ld)(xa + 2 * Ci), v3 = FN(ld)(xa + 3 * Ci);
-                    if (relu) {
-                        v0 = FN(keep_pos)(v0, v0); v1 = FN(keep_pos)(v1, v1);
-                        v2 = FN(keep_pos)(v2, v2); v3 = FN(keep_pos)(v3, v3);
-                    }
-                    a0 += ga[0] * v0; a1 += ga[Co] * v1; a2 += ga[2 * Co] * v2; a3 += ga[3 * Co] * v3;
-                }
-                for (; q < q1; q++) {
-                    vec v0 = FN(ld)(x + q * Ci + ib);
-                    if (relu) v0 = FN(keep_pos)(v0, v0);
-                    a0 += gy[q * Co + o] * v0;
-                }
-                real *g = gw + o * Ci + ib;
-                FN(st)(g, FN(ld)(g) + ((a0 + a1) + (a2 + a3)));
-            }
+        i64 n = q0 + PW_TILE < P ? PW_TILE : P - q0;
+        FN(gemm)(gy + q0 * Co, 1, Co, x + q0 * Ci, Ci, n, gw, Ci, Co, Ci, 1, 0, relu);
     }
 }
 
-/* Per-channel sum of a [P, C] array (with `b`: of a * b), in four register partial sums. */
-static void FN(channel_sums_vec)(const real *restrict a, const real *restrict b, i64 P, i64 C, const real *shift,
-                                 double *restrict out, int square)
+/* Per-channel sum of a [P, C] array minus `shift` [C] (NULL: 0), squared when `square`, in four
+ * register partial sums. */
+static void FN(channel_sums_vec)(const real *restrict a, i64 P, i64 C, const real *shift, double *restrict out,
+                                 int square)
 {
     for (i64 cb = 0; cb < C; cb += VL) {
         vec m = shift ? FN(ld)(shift + cb) : (vec){0};
         vec s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
         i64 q = 0;
-#define TERM(k) ({ vec u = FN(ld)(a + (q + k) * C + cb) - m; square ? u * u : (b ? u * FN(ld)(b + (q + k) * C + cb) : u); })
+#define TERM(k) ({ vec u = FN(ld)(a + (q + k) * C + cb) - m; square ? u * u : u; })
         for (; q + 4 <= P; q += 4) { s0 += TERM(0); s1 += TERM(1); s2 += TERM(2); s3 += TERM(3); }
         for (; q < P; q++) s0 += TERM(0);
 #undef TERM
@@ -295,10 +316,10 @@ static void FN(channel_sums_vec)(const real *restrict a, const real *restrict b,
 /* BatchNorm statistics: mean [C] and sq [C] = sum of (u - mean)^2 (two passes). */
 static void FN(bn_stats_vec)(const real *restrict u, i64 P, i64 C, double *restrict mean, double *restrict sq)
 {
-    FN(channel_sums_vec)(u, NULL, P, C, NULL, mean, 0);
+    FN(channel_sums_vec)(u, P, C, NULL, mean, 0);
     real *m = calloc((size_t)C, sizeof(real));
     for (i64 c = 0; c < C; c++) { mean[c] /= (double)P; m[c] = (real)mean[c]; }
-    FN(channel_sums_vec)(u, NULL, P, C, m, sq, 1);
+    FN(channel_sums_vec)(u, P, C, m, sq, 1);
     free(m);
 }
 
@@ -317,13 +338,27 @@ static void FN(bn_apply_vec)(real *out, const real *in, const real *restrict g,
         }
 }
 
+/* sg [C] = sum of g, sgy [C] = sum of g * y, in one pass (two partial sums of each). */
 static void FN(bn_backward_sums_vec)(const real *restrict y, const real *restrict g, i64 P, i64 C,
                                      double *restrict sg, double *restrict sgy)
 {
-    FN(channel_sums_vec)(g, NULL, P, C, NULL, sg, 0);
-    FN(channel_sums_vec)(g, y, P, C, NULL, sgy, 0);
+    for (i64 cb = 0; cb < C; cb += VL) {
+        vec a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        i64 q = 0;
+        for (; q + 2 <= P; q += 2) {
+            vec g0 = FN(ld)(g + q * C + cb), g1 = FN(ld)(g + (q + 1) * C + cb);
+            a0 += g0; a1 += g1;
+            b0 += g0 * FN(ld)(y + q * C + cb); b1 += g1 * FN(ld)(y + (q + 1) * C + cb);
+        }
+        if (q < P) {
+            vec g0 = FN(ld)(g + q * C + cb);
+            a0 += g0;
+            b0 += g0 * FN(ld)(y + q * C + cb);
+        }
+        vec a = a0 + a1, b = b0 + b1;
+        for (int l = 0; l < (int)VL; l++) { sg[cb + l] = a[l]; sgy[cb + l] = b[l]; }
+    }
 }
 
-#undef UNROLL
 #undef vec
 #undef VL
