@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdarts.search_space import native
-from fairdarts.search_space.native.chain import applicable, conv_bn_chain
+from fairdarts.search_space.native.chain import Stage, applicable, conv_bn_chain
 from fairdarts.search_space.operations import DilConv, ReLUConvBN, SepConv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_ops_take_the_native_path_and_match_their_modules() -> None:
     for op in (SepConv(8, 8, 3, 1, 1, affine=False, leading_relu=False), DilConv(8, 8, 5, 2, 4, 2, affine=False),
                ReLUConvBN(8, 8, 1, 1, 0, affine=False)):
         op = op.double()
-        assert applicable(x, None, op.op[-2], op.op[-1])
+        assert applicable(x, op.stages())
         a = op(x)
         b = op.op(x)
         assert rel_err(a, b) <= 1e-10
@@ -123,13 +123,13 @@ def test_not_applicable_where_the_modules_differ() -> None:
     bn.eval()
     assert conv_bn_chain(x, dw, pw, bn, relu=False) is None
     bn.train()
-    assert not applicable(x.half(), dw, pw, bn)
-    affine = nn.BatchNorm2d(8, affine=True)
-    assert not applicable(x, dw, pw, affine)
-    cumulative = nn.BatchNorm2d(8, affine=False, momentum=None)
-    assert not applicable(x, dw, pw, cumulative)
+    assert applicable(x, [Stage(dw, pw, bn, False)])
+    assert not applicable(x.half(), [Stage(dw, pw, bn, False)])
+    assert not applicable(x, [Stage(dw, pw, nn.BatchNorm2d(8, affine=True), False)])
+    assert not applicable(x, [Stage(dw, pw, nn.BatchNorm2d(8, affine=False, momentum=None), False)])
+    assert not applicable(x, [Stage(dw, nn.Conv2d(8, 8, 1, bias=True), bn, False)])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not applicable(x, dw, pw, bn)
+        assert not applicable(x, [Stage(dw, pw, bn, False)])
 
 
 @needs_kernels

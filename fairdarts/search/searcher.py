@@ -37,7 +37,7 @@ from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_g
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
 from fairdarts.search.spaces import SearchSupernet, gate_arrays, space_of
-from fairdarts.search_space import Genotype, MobileGenotype
+from fairdarts.search_space import Genotype, MobileGenotype, native
 
 CHECKPOINT_FORMAT = "fairdarts-search/1"
 
@@ -123,6 +123,8 @@ class Searcher(EpochRun[SearchConfig]):
         self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.step = build_step(cfg, self.model, dist, self.guard)
         self.history = AlphaHistory(self.space.groups)
+        if dist.device.type == "cpu":
+            logger.info("native CPU kernels: %s", native.status())
 
     # ----- checkpoint ----------------------------------------------------------------------
     def state_dict(self, epochs_done: int, genotype: Genotype | MobileGenotype) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fairdarts.search_space.depthwise import DepthwiseConv2d
-from fairdarts.search_space.native.chain import conv_bn_chain
+from fairdarts.search_space.native.chain import Stage, conv_bn_chains, stage_supported
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
 
@@ -28,7 +28,27 @@ def _relu(enabled: bool) -> nn.Module:
     return nn.ReLU(inplace=False) if enabled else nn.Identity()
 
 
-class ReLUConvBN(nn.Module):
+class NativeChains(nn.Module):
+    """An op made of ``[ReLU] -> [depthwise] -> 1x1 -> BatchNorm`` chains (``self.op``): where the
+    native CPU kernels apply (:mod:`fairdarts.search_space.native.chain`: search training on
+    the CPU) they run the whole op as one autograd node; elsewhere ``self.op`` runs as usual."""
+
+    op: nn.Sequential
+
+    def stages(self) -> tuple[Stage, ...]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cached = self.__dict__.get("_native_stages")
+        if cached is None:  # module structure is fixed: check it once
+            stages = self.stages()
+            cached = (stages, all(stage_supported(s) for s in stages))
+            self.__dict__["_native_stages"] = cached
+        y = conv_bn_chains(x, *cached)
+        return self.op(x) if y is None else y
+
+
+class ReLUConvBN(NativeChains):
     """ReLU -> conv -> BN: the preprocessing of cell inputs and the 1x1 convolutions."""
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
@@ -40,13 +60,12 @@ class ReLUConvBN(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> tuple[Stage, ...]:
         relu, conv, bn = self.op
-        y = conv_bn_chain(x, None, conv, bn, relu=isinstance(relu, nn.ReLU))
-        return self.op(x) if y is None else y
+        return (Stage(None, conv, bn, isinstance(relu, nn.ReLU)),)
 
 
-class DilConv(nn.Module):
+class DilConv(NativeChains):
     """ReLU -> dilated depthwise conv -> pointwise conv -> BN."""
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
@@ -59,13 +78,12 @@ class DilConv(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> tuple[Stage, ...]:
         relu, dw, pw, bn = self.op
-        y = conv_bn_chain(x, dw, pw, bn, relu=isinstance(relu, nn.ReLU))
-        return self.op(x) if y is None else y
+        return (Stage(dw, pw, bn, isinstance(relu, nn.ReLU)),)
 
 
-class SepConv(nn.Module):
+class SepConv(NativeChains):
     """Two stacked (ReLU, depthwise, pointwise, BN) blocks; only the first may be strided."""
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
@@ -82,13 +100,10 @@ class SepConv(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> tuple[Stage, ...]:
         relu, dw1, pw1, bn1, _, dw2, pw2, bn2 = self.op
-        h = conv_bn_chain(x, dw1, pw1, bn1, relu=isinstance(relu, nn.ReLU))
-        if h is None:
-            return self.op(x)
-        y = conv_bn_chain(h, dw2, pw2, bn2, relu=True)  # the ReLU between the halves is read in
-        return self.op[4:](h) if y is None else y
+        # the ReLU between the halves is read into the second chain
+        return Stage(dw1, pw1, bn1, isinstance(relu, nn.ReLU)), Stage(dw2, pw2, bn2, True)
 
 
 class Conv7x1x1x7(nn.Module):

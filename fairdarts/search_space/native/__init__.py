@@ -24,7 +24,7 @@ from pathlib import Path
 
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
 ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
-VERSION = 1
+VERSION = 2
 SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h")
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
 
@@ -71,7 +71,8 @@ def _build(cc: str) -> Path:
         cmd = [cc, *FLAGS, "-o", tmp, str(_HERE / "kernels.c"), "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            raise RuntimeError(f"{cc} failed: {last}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -80,13 +81,18 @@ def _build(cc: str) -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    p, i, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    geometry = [i] * 11 + [ctypes.c_int]  # N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu
+    p, i, d, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    geometry = [i] * 11 + [c_int]  # N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu
     for suffix in ("f32", "f64"):
-        fwd = getattr(lib, f"chain_forward_{suffix}")
-        fwd.argtypes, fwd.restype = [p] * 8 + [d, d] + geometry, None
-        bwd = getattr(lib, f"chain_backward_{suffix}")
-        bwd.argtypes, bwd.restype = [p] * 10 + geometry, None
+        signatures = {
+            "chain_forward": [p] * 8 + [d, d] + geometry + [p],      # ..., num_batches_tracked
+            "chain_backward": [p] * 10 + geometry + [d, c_int],      # ..., gscale, accumulate
+            "weighted_sum": [p, p, p, p, c_int, i],                  # out, prev, ys, w, n, numel
+            "dots": [p, p, c_int, i, p],                             # g, ys, n, numel, out
+        }
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
 
 
 def _load() -> ctypes.CDLL:
@@ -110,13 +116,22 @@ def library() -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
             _state["lib"] = None
             _state["reason"] = str(exc)
-            logging.getLogger("fairdarts").info("native CPU kernels unavailable (%s): PyTorch's kernels run", exc)
+            switched_off = os.environ.get(ENV_SWITCH, "1") == "0"
+            logging.getLogger("fairdarts").log(logging.INFO if switched_off else logging.WARNING,
+                                               "native CPU kernels unavailable (%s): PyTorch's slower kernels run",
+                                               exc)
     return _state["lib"]  # type: ignore[return-value]
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`library` is None (None when the kernels are loaded or not yet asked for)."""
     return _state.get("reason")  # type: ignore[return-value]
+
+
+def status() -> str:
+    """One line for a run's log: the library in use, or why PyTorch's kernels run instead."""
+    lib = library()
+    return f"on ({Path(lib._name).name})" if lib is not None else f"off ({unavailable_reason()})"
 
 
 def reset() -> None:

@@ -131,7 +131,7 @@ static void FN(chain_forward_vec)(const real *x, const real *wdw, const real *wp
 static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
                                    const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
                                    i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
-                                   int relu)
+                                   int relu, int accumulate)
 {
     i64 Pn = Ho * Wo, P = N * Pn, In = H * W * Ci;
     double *sg = calloc((size_t)(2 * Co), sizeof(double)), *sgy = sg + Co;
@@ -143,20 +143,23 @@ static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *w
     real *gz = wdw ? malloc(sizeof(real) * nb * Pn * Ci) : NULL;
     real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL;
     real *gwt = wdw && gwdw ? calloc((size_t)(K * K * Ci), sizeof(real)) : NULL;
+    real *gtmp = gx && accumulate ? malloc(sizeof(real) * nb * In) : NULL;
     if (gwpw) memset(gwpw, 0, sizeof(real) * Co * Ci);
     for (i64 n = 0; n < N; n += nb) {
         i64 m = N - n < nb ? N - n : nb;
         const real *xn = x + n * In;
-        real *gxn = gx ? gx + n * In : NULL;
+        real *gxn = gx ? (gtmp ? gtmp : gx + n * In) : NULL;
         FN(bn_apply_vec)(gu, y + n * Pn * Co, gy + n * Pn * Co, a, b, invstd, m * Pn, Co);
         if (!wdw) {
             FN(pw_backward_vec)(xn, wpw, gu, gxn, gwpw, m * Pn, Ci, Co, relu);
-            continue;
+        } else {
+            FN(pw_backward_vec)(z + n * Pn * Ci, wpw, gu, (gx || gwdw) ? gz : NULL, gwpw, m * Pn, Ci, Co, 0);
+            if (gxn) FN(dw_grad_input_vec)(xn, wt, gz, gxn, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+            if (gwt) FN(dw_grad_weight_vec)(xn, gz, gwt, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
         }
-        FN(pw_backward_vec)(z + n * Pn * Ci, wpw, gu, (gx || gwdw) ? gz : NULL, gwpw, m * Pn, Ci, Co, 0);
-        if (gxn) FN(dw_grad_input_vec)(xn, wt, gz, gxn, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
-        if (gwt) FN(dw_grad_weight_vec)(xn, gz, gwt, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+        if (gtmp) FN(add_into)(gx + n * In, gtmp, m * In);   /* the chunk's gradient, still in cache */
     }
+    free(gtmp);
     if (gwt)
         for (i64 t = 0; t < K * K; t++)
             for (i64 c = 0; c < Ci; c++) gwdw[c * K * K + t] = gwt[t * Ci + c];
@@ -173,8 +176,9 @@ static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *w
 void FN(chain_forward)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
                        real *running_mean, real *running_var, double momentum, double eps,
                        i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
-                       int relu)
+                       int relu, int64_t *num_batches_tracked)
 {
+    if (num_batches_tracked) (*num_batches_tracked)++;
     if (VEC(Ci) && VEC(Co)) {
         FN(chain_forward_vec)(x, wdw, wpw, z, y, invstd, running_mean, running_var, momentum, eps,
                               N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu);
@@ -195,16 +199,11 @@ void FN(chain_forward)(const real *x, const real *wdw, const real *wpw, real *z,
     FN(bn_forward)(y, invstd, running_mean, running_var, momentum, eps, N * Ho * Wo, Co);
 }
 
-/* Backward of chain_forward from gy (the entry point): gx, gwdw [Ci, K*K], gwpw [Co, Ci]; each NULL when not wanted. */
-void FN(chain_backward)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
-                        const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
-                        i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
-                        int relu)
+static void FN(chain_backward_scalar)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
+                                      const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
+                                      i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p,
+                                      i64 d, int relu)
 {
-    if (VEC(Ci) && VEC(Co)) {
-        FN(chain_backward_vec)(x, wdw, wpw, z, y, invstd, gy, gx, gwdw, gwpw, N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu);
-        return;
-    }
     i64 P = N * Ho * Wo;
     real *gu = malloc(sizeof(real) * P * Co);
     FN(bn_backward)(y, gy, invstd, gu, P, Co);
@@ -227,6 +226,35 @@ void FN(chain_backward)(const real *x, const real *wdw, const real *wpw, const r
     }
     free(wt);
     free(gz);
+}
+
+/* Backward of chain_forward from gscale * gy (the entry point): gx (added to it when `accumulate`),
+ * gwdw [Ci, K*K], gwpw [Co, Ci]; each NULL when not wanted. The scale is the gate weight of the
+ * op in a mixed edge (the BatchNorm backward is linear in gy, so it scales invstd). */
+void FN(chain_backward)(const real *x, const real *wdw, const real *wpw, const real *z, const real *y,
+                        const real *invstd, const real *gy, real *gx, real *gwdw, real *gwpw,
+                        i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
+                        int relu, double gscale, int accumulate)
+{
+    real *scaled = NULL;
+    if (gscale != 1.0) {
+        scaled = malloc(sizeof(real) * Co);
+        for (i64 c = 0; c < Co; c++) scaled[c] = (real)(invstd[c] * gscale);
+        invstd = scaled;
+    }
+    if (VEC(Ci) && VEC(Co)) {
+        FN(chain_backward_vec)(x, wdw, wpw, z, y, invstd, gy, gx, gwdw, gwpw, N, H, W, Ci, Ho, Wo, Co, K, s, p, d,
+                               relu, accumulate);
+    } else {
+        real *target = gx && accumulate ? malloc(sizeof(real) * N * H * W * Ci) : gx;
+        FN(chain_backward_scalar)(x, wdw, wpw, z, y, invstd, gy, target, gwdw, gwpw, N, H, W, Ci, Ho, Wo, Co, K, s,
+                                  p, d, relu);
+        if (target != gx) {
+            FN(add_into)(gx, target, N * H * W * Ci);
+            free(target);
+        }
+    }
+    free(scaled);
 }
 
 #undef VEC

@@ -360,5 +360,52 @@ static void FN(bn_backward_sums_vec)(const real *restrict y, const real *restric
     }
 }
 
+/* dst += src over n elements. */
+static void FN(add_into)(real *restrict dst, const real *restrict src, i64 n)
+{
+    i64 e = 0;
+    for (; e + VL <= n; e += VL) FN(st)(dst + e, FN(ld)(dst + e) + FN(ld)(src + e));
+    for (; e < n; e++) dst[e] += src[e];
+}
+
+/* A mixed edge's output: out = prev + sum_k w[k] * ys[k] (prev NULL: 0), terms added in order. */
+void FN(weighted_sum)(real *restrict out, const real *prev, const real *const *ys, const double *w, int n,
+                      i64 numel)
+{
+    i64 e = 0;
+    for (; e + VL <= numel; e += VL) {
+        vec acc = prev ? FN(ld)(prev + e) : (vec){0};
+        for (int k = 0; k < n; k++) acc += (real)w[k] * FN(ld)(ys[k] + e);
+        FN(st)(out + e, acc);
+    }
+    for (; e < numel; e++) {
+        real acc = prev ? prev[e] : 0;
+        for (int k = 0; k < n; k++) acc += (real)w[k] * ys[k][e];
+        out[e] = acc;
+    }
+}
+
+/* The gate weights' gradients of a mixed edge: out[k] = sum_e g[e] * ys[k][e], k < n <= 16, in one
+ * pass (partial sums per block of 4096 elements, added in double). */
+void FN(dots)(const real *restrict g, const real *const *ys, int n, i64 numel, double *out)
+{
+    for (int k = 0; k < n; k++) out[k] = 0;
+    for (i64 b0 = 0; b0 < numel; b0 += 4096) {
+        i64 b1 = b0 + 4096 < numel ? b0 + 4096 : numel, e = b0;
+        vec acc[16];
+        memset(acc, 0, sizeof acc);
+        for (; e + VL <= b1; e += VL) {
+            vec gv = FN(ld)(g + e);
+            for (int k = 0; k < n; k++) acc[k] += gv * FN(ld)(ys[k] + e);
+        }
+        for (int k = 0; k < n; k++) {
+            double s = 0;
+            for (int l = 0; l < (int)VL; l++) s += acc[k][l];
+            for (i64 t = e; t < b1; t++) s += (double)g[t] * ys[k][t];
+            out[k] += s;
+        }
+    }
+}
+
 #undef vec
 #undef VL
