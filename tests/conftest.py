@@ -62,3 +62,15 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS")
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture
+def no_native_kernels(monkeypatch):
+    """PyTorch's kernels only for the test (the native CPU kernels switched off), then as before."""
+    from fairdarts.search_space import native
+
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    yield
+    monkeypatch.undo()
+    native.reset()

@@ -197,3 +197,39 @@ def test_chunked_batches_equal_pytorch(n, px) -> None:
     native_out, torch_out = run_both(16, 16, (5, 1, 4, 2), True, torch.float64, px=px, n=n)
     for a, b in zip(native_out, torch_out):
         assert rel_err(a, b) <= 1e-10
+
+
+def _second_order(model_seed: int, exact: bool):
+    from fairdarts.search.architect import Architect, ArchObjective
+    from fairdarts.search_space import FAIRDARTS_PRIMITIVES, Supernet
+
+    torch.manual_seed(model_seed)
+    model = Supernet(8, 10, 3, FAIRDARTS_PRIMITIVES, gate="sigmoid").double()
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a.normal_(0.0, 0.5)
+    opt = torch.optim.SGD(model.weight_parameters(), 0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(5)
+    train = (torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (4,), generator=g))
+    arch = (torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (4,), generator=g))
+    architect = Architect(model, 3e-3, (0.9, 0.999), 1e-3, ArchObjective(10.0), unrolled=True,
+                          hessian="exact" if exact else "finite_difference")
+    grads, _ = architect.second_order_grads(train, arch, opt)
+    return torch.cat([t.flatten() for t in grads])
+
+
+@needs_kernels
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-hessian", "finite-difference"])
+def test_second_order_hypergradient_equals_pytorch_path(exact, monkeypatch) -> None:
+    """The DARTS hypergradient (exact double backprop through the edges' and chains'
+    differentiable backward, or finite differences) with the kernels equals the one with
+    PyTorch's kernels."""
+    with_kernels = _second_order(0, exact)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    try:
+        without = _second_order(0, exact)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert rel_err(with_kernels, without) <= 1e-9

@@ -38,13 +38,17 @@ class NativeChains(nn.Module):
     def stages(self) -> tuple[Stage, ...]:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def native_stages(self) -> tuple[tuple[Stage, ...], bool]:
+        """(the stages, whether the kernels support them), checked once: module structure is fixed."""
         cached = self.__dict__.get("_native_stages")
-        if cached is None:  # module structure is fixed: check it once
+        if cached is None:
             stages = self.stages()
             cached = (stages, all(stage_supported(s) for s in stages))
             self.__dict__["_native_stages"] = cached
-        y = conv_bn_chains(x, *cached)
+        return cached
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = conv_bn_chains(x, *self.native_stages())
         return self.op(x) if y is None else y
 
 

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairdarts.search_space.operations import RELU_LEADING_OPS, ReLUConvBN, FactorizedReduce, build_op
+from fairdarts.search_space.native.edge import edge_applies, edge_forward
+from fairdarts.search_space.operations import RELU_LEADING_OPS, FactorizedReduce, NativeChains, ReLUConvBN, build_op
 from fairdarts.search_space.topology import cell_edges, edge_input, is_reduction, num_edges
 
 Gate = Literal["softmax", "sigmoid"]
@@ -134,6 +135,9 @@ class MixedOp(nn.Module):
         outputs are shared with the other edges leaving the same state."""
         source = x if isinstance(x, EdgeSource) else None
         if source is not None:
+            native = self._native_edge(source, weights, out)
+            if native is not None:
+                return native
             x, x_relu = source.h, source.relu
         for k in self._active:
             op = self._ops[k]
@@ -145,6 +149,27 @@ class MixedOp(nn.Module):
         if out is None:  # only 'none' ops on this edge: a zero tensor of the output shape
             out = weights[0] * self._ops[0](x)
         return out
+
+
+    def _native_edge(self, source: EdgeSource, weights: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
+        """The whole edge as one node on the native CPU kernels (:mod:`fairdarts.search_space.native.edge`),
+        or None where they do not apply."""
+        chains = {k: self._ops[k].native_stages() for k in self._active if isinstance(self._ops[k], NativeChains)}
+        if not chains or not all(ok for _, ok in chains.values()):
+            return None
+        probe = next(iter(chains.values()))[0][0].bn
+        if not edge_applies(source.h, weights, probe):
+            return None
+        terms: list[tuple[int, torch.Tensor | tuple]] = []
+        for k in self._active:
+            op = self._ops[k]
+            if k in chains:
+                terms.append((k, chains[k][0]))
+            elif k in self._pools:  # nn.Sequential(pool, BatchNorm2d), shared by the edges of the state
+                terms.append((k, source.pooled(self.primitives[k], op[0], op[1])))
+            else:
+                terms.append((k, op(source.relu if self._reads_relu[k] else source.h)))
+        return edge_forward(out, weights, source.relu, terms)
 
 
 class SearchCell(nn.Module):
