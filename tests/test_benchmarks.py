@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 
-from benchmarks import bench_allocator, bench_depthwise, bench_search_passes  # noqa: E402
+from benchmarks import bench_allocator, bench_depthwise, bench_native_kernels, bench_search_passes  # noqa: E402
 
 # The scripts set the intra-op thread count (--threads 1); one_thread gives it back afterwards.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,6 +32,16 @@ def test_depthwise_quick_gradients_agree(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == len(bench_depthwise.CASES)
     assert max(r["max_rel_diff"] for r in rows) < 1e-4  # float32, sums regrouped
+
+
+def test_native_kernels_quick_times_three_equal_variants(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "native.json"
+    bench_native_kernels.main(["--size", "quick", "--batch", "4", "--repeats", "1", "--out", str(out)])
+    row = json.loads(out.read_text())["results"][0]
+    assert all(row[f"{v}_cpu_s"] > 0 for v in bench_native_kernels.VARIANTS)
+    assert max(row["float64_rel_diff_vs_textbook"].values()) < 1e-10
+    assert row["native_vs_pytorch"] == row["pytorch_cpu_s"] / row["native_cpu_s"]
+    assert "wrote" in capsys.readouterr().out
 
 
 def test_allocator_quick_runs_both_variants(tmp_path: Path) -> None:

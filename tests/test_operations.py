@@ -100,3 +100,26 @@ def test_supernet_takes_one_channel_images() -> None:
 def test_supernet_rejects_unknown_gate() -> None:
     with pytest.raises(ValueError, match="gate"):
         Supernet(4, 10, 3, FAIRDARTS_PRIMITIVES, gate="relu")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("c_in,c_out", [(6, 4), (4, 4), (2, 2), (16, 16)])
+def test_factorized_reduce_channels_last_equals_contiguous(c_in: int, c_out: int) -> None:
+    """The stride-2 skip in channels-last (the CPU search's layout) gives the numbers of the plain
+    stride-2 convs, forward and backward, and survives repeated calls: oneDNN's own channels-last
+    stride-2 1x1 kernel corrupted the heap here at 6 -> 2 channels (the process aborted within
+    a few calls), so FactorizedReduce convolves every second pixel instead."""
+    from fairdarts.search_space.operations import FactorizedReduce
+
+    torch.manual_seed(0)
+    op = FactorizedReduce(c_in, c_out, affine=False, leading_relu=False).double()
+    for px in (8, 7, 4, 2):
+        for _ in range(10):
+            x = torch.randn(4, c_in, px, px, dtype=torch.float64)
+            outs = []
+            for fmt in (torch.channels_last, torch.contiguous_format):
+                xi = x.contiguous(memory_format=fmt).requires_grad_()
+                y = op(xi)
+                (gx,) = torch.autograd.grad(y, xi, torch.ones_like(y))
+                outs.append((y.detach(), gx))
+            for a, b in zip(*outs):
+                assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -161,11 +161,22 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         # Odd sizes: the shifted branch is one pixel smaller; pad it so both halves agree.
-        a = self.conv_1(x)
-        b = self.conv_2(x[:, :, 1:, 1:])
+        a = _stride2_pointwise(self.conv_1, x)
+        b = _stride2_pointwise(self.conv_2, x[:, :, 1:, 1:])
         if b.shape[-2:] != a.shape[-2:]:
             b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
         return self.bn(torch.cat([a, b], dim=1))
+
+
+def _stride2_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a bias-free 1x1 stride-2 conv. On the CPU in channels-last it runs as the
+    1x1 conv of every second pixel (the same numbers: a 1x1 conv mixes channels only), because
+    oneDNN's channels-last stride-2 1x1 kernel corrupts the heap at small channel counts on some
+    CPUs (seen on an AMD EPYC with torch 2.14.1: 6 -> 2 channels aborts within a few calls;
+    tests/test_operations.py holds the workaround)."""
+    if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+        return nn.functional.conv2d(x[:, :, ::2, ::2], conv.weight)
+    return conv(x)
 
 
 def _skip(C: int, stride: int, affine: bool, leading_relu: bool) -> nn.Module:

@@ -1,13 +1,15 @@
 /* Vectorised kernels for one floating-point type (see kernels.c). Every loop runs over blocks
  * of VL channels held in one 32-byte vector, so they need C % VL == 0 (the scalar kernels of
  * kernels_scalar.h serve other channel counts). What makes them fast at the search's sizes:
- * - accumulators live in registers, four independent ones at a time (four output pixels, or
- *   four partial sums), so the loops are not serialised on the latency of one add chain;
+ * - accumulators live in registers, several independent ones at a time (output pixels, or
+ *   partial sums), so the loops are not serialised on the latency of one add chain;
  * - the depthwise convolutions run on a zero-padded copy of their input (the ReLU applied while
- *   copying), so every tap of every pixel is inside and the pixel loops test nothing;
+ *   copying), so every tap of every pixel is inside and the pixel loops test nothing; at stride
+ *   1 a row of eight outputs loads each input vector once for all the taps that read it;
  * - the stride-1 input gradient is the forward convolution of the output gradient with the
  *   flipped kernel (a gather, not a scatter); weight gradients are summed over a row or a tile
- *   of pixels in registers before they touch memory. */
+ *   of pixels in registers before they touch memory;
+ * - every 1x1 convolution and its gradients is one register-blocked product (mk, gemm). */
 
 #define VL ((i64)(32 / sizeof(real)))
 typedef real FN(vec) __attribute__((vector_size(32)));
@@ -15,7 +17,6 @@ typedef real FN(vec) __attribute__((vector_size(32)));
 
 static inline vec FN(ld)(const real *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline void FN(st)(real *p, vec v) { memcpy(p, &v, sizeof v); }
-static inline vec FN(bc)(real a) { return (vec){0} + a; }
 /* v where `where > 0`, else 0 (a ReLU of v when where == v; a ReLU's gradient mask otherwise). */
 static inline vec FN(keep_pos)(vec v, vec where)
 {
@@ -23,7 +24,6 @@ static inline vec FN(keep_pos)(vec v, vec where)
     __typeof__(where > z) mask = where > z;
     return (vec)((__typeof__(mask))v & mask);
 }
-static inline real FN(hsum)(vec v) { real s = 0; for (int l = 0; l < (int)VL; l++) s += v[l]; return s; }
 
 /* x zero-padded by p on every side, through a ReLU when `relu`: [N, H + 2p, W + 2p, C]. */
 static real *FN(padded)(const real *restrict x, i64 N, i64 H, i64 W, i64 C, i64 p, int relu)
