@@ -30,7 +30,11 @@ from fairdarts.search.cli import main as search_main
 from fairdarts.train.cli import main as train_main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy_runs"
-TOL = 1e-12
+#: The runs are float32: the same commands on another CPU, or with the native search kernels
+#: (which sum in another order), differ from the fixture's machine by ~1e-6 relative after two
+#: epochs (measured: 3.8e-6 on the alphas), far below what a resume that replays the schedule,
+#: the RNG or the data order wrongly does to the trajectory.
+TOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
