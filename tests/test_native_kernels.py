@@ -125,6 +125,7 @@ def test_not_applicable_where_the_modules_differ() -> None:
     bn.train()
     assert applicable(x, [Stage(dw, pw, bn, False)])
     assert not applicable(x.half(), [Stage(dw, pw, bn, False)])
+    assert not applicable(x.to("meta"), [Stage(dw, pw, bn, False)])  # any non-CPU device (CUDA): PyTorch's path
     assert not applicable(x, [Stage(dw, pw, nn.BatchNorm2d(8, affine=True), False)])
     assert not applicable(x, [Stage(dw, pw, nn.BatchNorm2d(8, affine=False, momentum=None), False)])
     assert not applicable(x, [Stage(dw, nn.Conv2d(8, 8, 1, bias=True), bn, False)])
