@@ -23,14 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdarts.search_space.depthwise import DepthwiseConv2d
-from fairdarts.search_space.operations import FactorizedReduce, ReLUConvBN, build_op
+from fairdarts.search_space.operations import FactorizedReduce, NativeChains, ReLUConvBN, build_op
 from fairdarts.search_space.supernet import apply_gate
 from fairdarts.search_space.topology import num_edges
 
 
 def official_convs(module: nn.Module) -> nn.Module:
     """Swap our :class:`DepthwiseConv2d` for the plain ``nn.Conv2d`` of the official ops (same
-    configuration; oneDNN's own gradients), so the textbook pays what the official code pays."""
+    configuration; oneDNN's own gradients) and keep the ops off the native CPU kernels, so the
+    textbook pays what the official code pays."""
+    if isinstance(module, NativeChains):
+        module.native = False
     for name, child in module.named_children():
         if isinstance(child, DepthwiseConv2d):
             setattr(module, name, nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
@@ -108,6 +111,7 @@ class TextbookSupernet(nn.Module):
         shape = (num_edges(steps), len(primitives))
         self.alphas_normal = nn.Parameter(torch.zeros(shape))
         self.alphas_reduce = nn.Parameter(torch.zeros(shape))
+        official_convs(self)  # the cells' preprocessing too
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alphas_normal, self.alphas_reduce]

@@ -234,3 +234,19 @@ def test_second_order_hypergradient_equals_pytorch_path(exact, monkeypatch) -> N
         monkeypatch.undo()
         native.reset()
     assert rel_err(with_kernels, without) <= 1e-9
+
+
+def test_textbook_supernet_never_takes_the_native_kernels(monkeypatch) -> None:
+    """The benchmark's textbook pays what the official code pays: none of its ops runs a chain."""
+    from benchmarks.textbook import TextbookSupernet
+    from fairdarts.search_space import FAIRDARTS_PRIMITIVES
+    from fairdarts.search_space.native import chain
+    from fairdarts.search_space.operations import NativeChains
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the textbook ran a native chain")
+
+    monkeypatch.setattr(chain._Chains, "apply", refuse)
+    model = TextbookSupernet(4, 10, 3, FAIRDARTS_PRIMITIVES)
+    assert all(not m.native for m in model.modules() if isinstance(m, NativeChains))
+    model(torch.randn(2, 3, 8, 8)).sum().backward()

@@ -112,3 +112,12 @@ def test_quick_tier_leaves_out_faults_e2e_multiprocess_and_benchmarks() -> None:
     slow_tests = ("test_two_process_ddp_equals_one_process", "test_two_gloo_processes_agree",
                   "test_fashion_mnist_s2_search_train_evaluate", "test_first_ten_minutes_walkthrough_runs")
     assert not {t for t in quick if t.startswith(slow_files) or t.split("::")[1].split("[")[0] in slow_tests}
+
+
+def test_native_kernel_sources_are_package_data() -> None:
+    """An installed copy compiles its kernels from package data: every source the loader hashes
+    and compiles is listed."""
+    from fairdarts.search_space import native
+
+    listed = PYPROJECT["tool"]["setuptools"]["package-data"]["fairdarts.search_space.native"]
+    assert sorted(listed) == sorted(native.SOURCES)

@@ -34,6 +34,8 @@ class NativeChains(nn.Module):
     the CPU) they run the whole op as one autograd node; elsewhere ``self.op`` runs as usual."""
 
     op: nn.Sequential
+    #: False: always run ``self.op`` (the benchmark's textbook supernet sets it on its ops)
+    native: bool = True
 
     def stages(self) -> tuple[Stage, ...]:
         raise NotImplementedError
@@ -48,7 +50,7 @@ class NativeChains(nn.Module):
         return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = conv_bn_chains(x, *self.native_stages())
+        y = conv_bn_chains(x, *self.native_stages()) if self.native else None
         return self.op(x) if y is None else y
 
 
