@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdarts.search_space import native
-from fairdarts.search_space.native.chain import Stage, applicable, conv_bn_chain
+from fairdarts.search_space.native.chain import Stage, applicable, conv_bn_chain, runnable
 from fairdarts.search_space.operations import DilConv, ReLUConvBN, SepConv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -250,3 +250,22 @@ def test_textbook_supernet_never_takes_the_native_kernels(monkeypatch) -> None:
     model = TextbookSupernet(4, 10, 3, FAIRDARTS_PRIMITIVES)
     assert all(not m.native for m in model.modules() if isinstance(m, NativeChains))
     model(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+@needs_kernels
+@pytest.mark.parametrize("geometry", [(3, 1, 1, 1), (5, 2, 4, 2), None], ids=["sep3", "dil5-stride2", "pointwise"])
+@pytest.mark.parametrize("channels", [8, 6], ids=["vectorised", "scalar"])
+def test_eval_mode_without_grad_uses_running_statistics(geometry, channels) -> None:
+    """Validation (eval mode, no gradients) runs the chains on the running statistics: the same
+    output as the modules, and the statistics and batch count stay as they were."""
+    dw, pw, bn = modules(channels, channels, geometry, torch.float64)
+    x = torch.randn(3, channels, 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    bn(pw(dw(x) if dw is not None else x))  # some running statistics
+    bn.eval()
+    before = [b.clone() for b in bn.buffers()]
+    with torch.no_grad():
+        assert runnable(x, bn)
+        ours = conv_bn_chain(x, dw, pw, bn, relu=True)
+        ref = torch_chain(x, dw, pw, bn, relu=True)
+    assert ours is not None and rel_err(ours, ref) <= 1e-10
+    assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers()))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
 ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
-VERSION = 2
+VERSION = 3
 SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h")
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
 
@@ -85,7 +85,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     geometry = [i] * 11 + [c_int]  # N, H, W, Ci, Ho, Wo, Co, K, s, p, d, relu
     for suffix in ("f32", "f64"):
         signatures = {
-            "chain_forward": [p] * 8 + [d, d] + geometry + [p],      # ..., num_batches_tracked
+            "chain_forward": [p] * 8 + [d, d] + geometry + [p, c_int],  # ..., num_batches_tracked, eval
             "chain_backward": [p] * 10 + geometry + [d, c_int],      # ..., gscale, accumulate
             "weighted_sum": [p, p, p, p, c_int, i],                  # out, prev, ys, w, n, numel
             "dots": [p, p, c_int, i, p],                             # g, ys, n, numel, out

@@ -65,9 +65,10 @@ def stage_supported(stage: Stage) -> bool:
 
 
 def runnable(x: Tensor, bn: nn.BatchNorm2d) -> bool:
-    """What may change from call to call: a CPU tensor of a supported dtype, training mode, no
-    autocast, kernels loaded."""
-    return (x.device.type == "cpu" and x.dtype in _SUFFIX and x.dim() == 4 and bn.training
+    """What may change from call to call: a CPU tensor of a supported dtype; training mode, or
+    eval mode on running statistics without gradients (validation); no autocast; kernels loaded."""
+    mode_ok = bn.training or (not torch.is_grad_enabled() and bn.track_running_stats and bn.running_mean is not None)
+    return (mode_ok and x.device.type == "cpu" and x.dtype in _SUFFIX and x.dim() == 4
             and not torch.is_autocast_enabled("cpu") and native.library() is not None)
 
 
@@ -79,9 +80,10 @@ def applicable(x: Tensor, stages: Sequence[Stage]) -> bool:
 Running = tuple[Tensor | None, Tensor | None, Tensor | None]  # running mean, var, num_batches_tracked
 
 
-def _forward_one(lib, x: Tensor, w_dw: Tensor | None, w_pw: Tensor, running: Running,
-                 geometry: Geometry, relu: bool, momentum: float, eps: float) -> tuple[Tensor | None, Tensor, Tensor]:
-    """(depthwise output, normalised output, invstd) of one chain; moves the running statistics."""
+def _forward_one(lib, x: Tensor, w_dw: Tensor | None, w_pw: Tensor, running: Running, geometry: Geometry,
+                 relu: bool, momentum: float, eps: float, use_running: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(depthwise output, normalised output, invstd) of one chain: on batch statistics, moving the
+    running ones, or (``use_running``, eval mode) on the running statistics."""
     k, s, p, d = geometry
     n, ci, h, w = x.shape
     co = w_pw.shape[0]
@@ -91,7 +93,7 @@ def _forward_one(lib, x: Tensor, w_dw: Tensor | None, w_pw: Tensor, running: Run
     invstd = torch.empty(co, dtype=x.dtype)
     getattr(lib, f"chain_forward_{_SUFFIX[x.dtype]}")(
         _ptr(x), _ptr(w_dw), _ptr(w_pw), _ptr(z), _ptr(y), _ptr(invstd), _ptr(running[0]), _ptr(running[1]),
-        momentum, eps, n, h, w, ci, ho, wo, co, k, s, p, d, int(relu), _ptr(running[2]))
+        momentum, eps, n, h, w, ci, ho, wo, co, k, s, p, d, int(relu), _ptr(running[2]), int(use_running))
     return z, y, invstd
 
 
@@ -124,9 +126,8 @@ class _Chains(torch.autograd.Function):
         lib = native.library()
         saved: list[Tensor | None] = []
         h = x
-        for i, (running, geometry, relu, momentum, eps) in enumerate(specs):
-            w_dw, w_pw = weights[2 * i], weights[2 * i + 1]
-            z, y, invstd = _forward_one(lib, h, w_dw, w_pw, running, geometry, relu, momentum, eps)
+        for i, spec in enumerate(specs):
+            z, y, invstd = _forward_one(lib, h, weights[2 * i], weights[2 * i + 1], *spec)
             saved += [h, z, y, invstd]
             h = y
         ctx.specs = specs
@@ -157,7 +158,7 @@ class _Chains(torch.autograd.Function):
 def _reference(x: Tensor, weights: Sequence[Tensor | None], specs: tuple) -> Tensor:
     """The chains in PyTorch's ops, on batch statistics (no running-statistics update)."""
     h = x
-    for i, (_, (k, s, p, d), relu, _, eps) in enumerate(specs):
+    for i, (_, (k, s, p, d), relu, _, eps, _) in enumerate(specs):
         w_dw, w_pw = weights[2 * i], weights[2 * i + 1]
         if relu:
             h = F.relu(h)
@@ -194,14 +195,16 @@ def conv_bn_chains(x: Tensor, stages: Sequence[Stage], supported: bool | None = 
 
 def chain_inputs(stages: Sequence[Stage]) -> tuple[tuple, list[Tensor | None]]:
     """(specs, weights) of the stages as :class:`_Chains` takes them: per stage the running
-    statistics (mean, var, batch count; the kernels move them), geometry, ReLU, momentum, eps;
-    then (depthwise weight or None, 1x1 weight) per stage."""
+    statistics (mean, var, batch count; the kernels move them in training), geometry, ReLU,
+    momentum, eps, whether to normalise with the running statistics (eval mode); then (depthwise
+    weight or None, 1x1 weight) per stage."""
     specs, weights = [], []
     for dw, pw, bn, relu in stages:
         track = bn.track_running_stats and bn.running_mean is not None
-        running = (bn.running_mean, bn.running_var, bn.num_batches_tracked) if track else (None, None, None)
+        running = (bn.running_mean, bn.running_var, bn.num_batches_tracked if bn.training else None) if track \
+            else (None, None, None)
         momentum = float(bn.momentum) if bn.momentum is not None else 0.0
-        specs.append((running, _geometry(dw), relu, momentum, float(bn.eps)))
+        specs.append((running, _geometry(dw), relu, momentum, float(bn.eps), not bn.training))
         weights += [None if dw is None else dw.weight.contiguous(), pw.weight.contiguous()]
     return tuple(specs), weights
 

@@ -49,9 +49,8 @@ class _Edge(torch.autograd.Function):
                 continue
             _, _, specs, w0 = term
             h = x
-            for i, (running, geometry, relu, momentum, eps) in enumerate(specs):
-                z, y, invstd = _forward_one(lib, h, weights[w0 + 2 * i], weights[w0 + 2 * i + 1], running, geometry,
-                                            relu, momentum, eps)
+            for i, spec in enumerate(specs):
+                z, y, invstd = _forward_one(lib, h, weights[w0 + 2 * i], weights[w0 + 2 * i + 1], *spec)
                 saved += [h, z, y, invstd]
                 h = y
             ys.append(h)

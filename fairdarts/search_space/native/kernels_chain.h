@@ -171,13 +171,47 @@ static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *w
     free(sg);
 }
 
+/* The chain in eval mode: BatchNorm with the running statistics (what validation runs). */
+static void FN(chain_forward_eval)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
+                                   const real *running_mean, const real *running_var, double eps,
+                                   i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p,
+                                   i64 d, int relu)
+{
+    i64 P = N * Ho * Wo;
+    const real *src = x;
+    if (wdw) {
+        real *wt = FN(transposed)(wdw, Ci, K * K);
+        if (VEC(Ci)) FN(dw_forward_vec)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+        else FN(dw_forward_scalar)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+        free(wt);
+        src = z;
+    }
+    real *pt = FN(transposed)(wpw, Co, Ci);
+    if (VEC(Co)) FN(pw_forward_vec)(src, pt, y, P, Ci, Co, wdw ? 0 : relu);
+    else FN(pw_forward_scalar)(src, pt, y, P, Ci, Co, wdw ? 0 : relu);
+    free(pt);
+    for (i64 c = 0; c < Co; c++) invstd[c] = (real)(1.0 / sqrt((double)running_var[c] + eps));
+    if (VEC(Co))
+        FN(bn_apply_vec)(y, y, NULL, running_mean, NULL, invstd, P, Co);
+    else
+        for (i64 q = 0; q < P; q++)
+            for (i64 c = 0; c < Co; c++) y[q * Co + c] = (y[q * Co + c] - running_mean[c]) * invstd[c];
+}
+
 /* Forward of one chain (the entry point): z = dw(x) (skipped when wdw is NULL: z = x), y = bn(pw(z)).
- * `relu` applies to x, the chain's input. z [N, Ho, Wo, Ci] is kept for the backward. */
+ * `relu` applies to x, the chain's input. z [N, Ho, Wo, Ci] is kept for the backward. Training
+ * normalises with the batch statistics and moves the running ones; `use_running` (eval mode)
+ * normalises with the running statistics. */
 void FN(chain_forward)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
                        real *running_mean, real *running_var, double momentum, double eps,
                        i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p, i64 d,
-                       int relu, int64_t *num_batches_tracked)
+                       int relu, int64_t *num_batches_tracked, int use_running)
 {
+    if (use_running) {
+        FN(chain_forward_eval)(x, wdw, wpw, z, y, invstd, running_mean, running_var, eps, N, H, W, Ci, Ho, Wo, Co,
+                               K, s, p, d, relu);
+        return;
+    }
     if (num_batches_tracked) (*num_batches_tracked)++;
     if (VEC(Ci) && VEC(Co)) {
         FN(chain_forward_vec)(x, wdw, wpw, z, y, invstd, running_mean, running_var, momentum, eps,
