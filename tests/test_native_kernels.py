@@ -115,6 +115,7 @@ def test_ops_take_the_native_path_and_match_their_modules() -> None:
         assert rel_err(a, b) <= 1e-10
 
 
+@needs_kernels
 def test_not_applicable_where_the_modules_differ() -> None:
     """Eval mode, affine BatchNorm, autocast, integer or half tensors and cumulative averages take
     the modules' own path."""
@@ -167,6 +168,7 @@ def test_no_compiler_falls_back_with_a_reason(tmp_path, monkeypatch) -> None:
     """Without a C compiler the library is None and the reason names the missing compiler."""
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
     monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
     native.reset()
     try:
