@@ -117,19 +117,41 @@ def _backward_one(lib, x: Tensor, w_dw: Tensor | None, w_pw: Tensor, z: Tensor |
     return gx, g_dw, g_pw
 
 
+def run_stages(lib, x: Tensor, weights: Sequence[Tensor | None], specs: tuple) -> tuple[Tensor, list[Tensor | None]]:
+    """The chains of one op applied in turn to ``x``: (output, per chain its input, depthwise
+    output, normalised output and invstd, for :func:`backward_stages`)."""
+    saved: list[Tensor | None] = []
+    h = x
+    for i, spec in enumerate(specs):
+        z, y, invstd = _forward_one(lib, h, weights[2 * i], weights[2 * i + 1], *spec)
+        saved += [h, z, y, invstd]
+        h = y
+    return h, saved
+
+
+def backward_stages(lib, saved: Sequence[Tensor | None], weights: Sequence[Tensor | None], specs: tuple, g: Tensor,
+                    need_x: bool, need_weights: Sequence[bool], gscale: float = 1.0,
+                    gx: Tensor | None = None) -> tuple[Tensor | None, list[Tensor | None]]:
+    """Backward of :func:`run_stages` from ``gscale * g``: (grad of x, added into ``gx`` when
+    given; grads of the weights). The input gradient between chains is always computed."""
+    grads: list[Tensor | None] = [None] * len(weights)
+    for i in reversed(range(len(specs))):
+        x, z, y, invstd = saved[4 * i: 4 * i + 4]
+        first, last = i == 0, i == len(specs) - 1
+        g, grads[2 * i], grads[2 * i + 1] = _backward_one(
+            lib, x, weights[2 * i], weights[2 * i + 1], z, y, invstd, g, specs[i][1], specs[i][2],  # type: ignore[arg-type]
+            (need_x if first else True, need_weights[2 * i], need_weights[2 * i + 1]),
+            gscale if last else 1.0, gx if first else None)
+    return g, grads
+
+
 class _Chains(torch.autograd.Function):
     """Inputs: x, then (depthwise weight or None, 1x1 weight) per chain; the chains' fixed
     settings and running statistics come in ``specs``."""
 
     @staticmethod
     def forward(ctx, specs: tuple, x: Tensor, *weights: Tensor | None) -> Tensor:  # type: ignore[override]
-        lib = native.library()
-        saved: list[Tensor | None] = []
-        h = x
-        for i, spec in enumerate(specs):
-            z, y, invstd = _forward_one(lib, h, weights[2 * i], weights[2 * i + 1], *spec)
-            saved += [h, z, y, invstd]
-            h = y
+        h, saved = run_stages(native.library(), x, weights, specs)
         ctx.specs = specs
         ctx.save_for_backward(*saved, *weights)
         return h
@@ -142,16 +164,7 @@ class _Chains(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             return (None, *_differentiable_backward(saved[0], weights, specs, gy, needs[1:]))
-        lib = native.library()
-        grads: list[Tensor | None] = [None] * len(weights)
-        g = gy
-        for i in reversed(range(len(specs))):
-            x, z, y, invstd = saved[4 * i: 4 * i + 4]
-            # the input's gradient is needed below the first chain, or when x itself needs one
-            need_x = i > 0 or needs[1]
-            g, grads[2 * i], grads[2 * i + 1] = _backward_one(
-                lib, x, weights[2 * i], weights[2 * i + 1], z, y, invstd, g, specs[i][1], specs[i][2],
-                (need_x, needs[2 + 2 * i], needs[3 + 2 * i]))
+        g, grads = backward_stages(native.library(), saved, weights, specs, gy, needs[1], needs[2:])
         return (None, g, *grads)
 
 

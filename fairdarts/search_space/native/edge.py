@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fairdarts.search_space import native
 from fairdarts.search_space.native.chain import (
-    CL, _SUFFIX, Stage, _backward_one, _forward_one, _ptr, _reference, chain_inputs, runnable,
+    CL, _SUFFIX, Stage, _ptr, _reference, backward_stages, chain_inputs, run_stages, runnable,
 )
 
 
@@ -48,12 +48,9 @@ class _Edge(torch.autograd.Function):
                 ys.append(others[term[2]])
                 continue
             _, _, specs, w0 = term
-            h = x
-            for i, spec in enumerate(specs):
-                z, y, invstd = _forward_one(lib, h, weights[w0 + 2 * i], weights[w0 + 2 * i + 1], *spec)
-                saved += [h, z, y, invstd]
-                h = y
-            ys.append(h)
+            y, chain_saved = run_stages(lib, x, weights[w0:w0 + 2 * len(specs)], specs)
+            saved += chain_saved
+            ys.append(y)
         ws = [float(v) for v in gates[[term[0] for term in plan]].tolist()]
         out = torch.empty_like(ys[0], memory_format=CL)
         getattr(lib, f"weighted_sum_{_SUFFIX[x.dtype]}")(
@@ -86,19 +83,11 @@ class _Edge(torch.autograd.Function):
                     grad_others[term[2]] = g * w
                 continue
             _, _, specs, w0 = term
-            chain_saved = saved[at:at + 4 * len(specs)]
-            at += 4 * len(specs)
-            gy, scale = g, w
-            for i in reversed(range(len(specs))):
-                h, z, y, invstd = chain_saved[4 * i:4 * i + 4]
-                first = i == 0
-                need_in = needs[3] if first else True
-                gy, grad_weights[w0 + 2 * i], grad_weights[w0 + 2 * i + 1] = _backward_one(
-                    lib, h, weights[w0 + 2 * i], weights[w0 + 2 * i + 1], z, y, invstd, gy, specs[i][1], specs[i][2],
-                    (need_in, needs[5 + n_other + w0 + 2 * i], needs[6 + n_other + w0 + 2 * i]), scale,
-                    grad_x if first else None)
-                scale = 1.0
-            grad_x = gy
+            n = 2 * len(specs)
+            grad_x, grad_weights[w0:w0 + n] = backward_stages(
+                lib, saved[at:at + 2 * n], weights[w0:w0 + n], specs, g, needs[3],
+                needs[5 + n_other + w0:5 + n_other + w0 + n], w, grad_x)
+            at += 2 * n
         return (None, g if ctx.has_prev and needs[1] else None, grad_gates, grad_x, None, *grad_others,
                 *grad_weights)
 
