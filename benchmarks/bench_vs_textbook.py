@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
 from benchmarks.textbook import TextbookSearch, TextbookSupernet, textbook_state  # noqa: E402
 from fairdarts.cpu_allocator import keep_freed_memory  # noqa: E402
 from fairdarts.search.architect import ArchObjective, Architect  # noqa: E402
-from fairdarts.search.loop import SearchStep  # noqa: E402
+from fairdarts.search.loop import SearchStep, weight_optimizer  # noqa: E402
 from fairdarts.search_space import DARTS_PRIMITIVES, FAIRDARTS_PRIMITIVES, Supernet  # noqa: E402
 
 Batch = tuple[Tensor, Tensor]
@@ -99,8 +99,7 @@ def build_ours(algo: Algorithm, size: NetSize, seed: int, device: torch.device,
     torch.manual_seed(seed)
     model = Supernet(size.C, size.num_classes, size.layers, algo.primitives, gate=algo.gate)
     model = model.to(device=device, dtype=dtype)
-    w_optimizer = torch.optim.SGD(model.weight_parameters(), algo.lr, momentum=algo.momentum,
-                                  weight_decay=algo.weight_decay)
+    w_optimizer = weight_optimizer(model.weight_parameters(), algo.lr, algo.momentum, algo.weight_decay)
     architect = Architect(model, algo.arch_lr, algo.arch_betas, algo.arch_weight_decay,
                           ArchObjective(algo.zero_one_weight), unrolled=algo.unrolled)
     return SearchStep(model, architect, w_optimizer, algo.grad_clip)

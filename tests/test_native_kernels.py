@@ -11,6 +11,7 @@ input and both weights. The supernet-level equality (logits, gradients, trajecto
 """
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from fairdarts.search_space import native
 from fairdarts.search_space.native.chain import Stage, applicable, conv_bn_chain, runnable
+from fairdarts.search_space.native.edge import edge_forward
 from fairdarts.search_space.operations import DilConv, ReLUConvBN, SepConv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -271,3 +273,74 @@ def test_eval_mode_without_grad_uses_running_statistics(geometry, channels) -> N
         ref = torch_chain(x, dw, pw, bn, relu=True)
     assert ours is not None and rel_err(ours, ref) <= 1e-10
     assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers()))
+
+
+def _chain_and_edge(dtype: torch.dtype, training: bool) -> list[torch.Tensor]:
+    """One mixed edge on the kernels (a sep conv, a dil conv and one precomputed op, added to a
+    node's running sum): its output, the running statistics, and in training the gradients of the
+    input, the gates, the sum and every weight. 16 images of 8 px: several chunks of images."""
+    torch.manual_seed(0)
+    sep = SepConv(8, 8, 3, 1, 1, affine=False, leading_relu=False).to(dtype)
+    dil = DilConv(8, 8, 5, 1, 4, 2, affine=False, leading_relu=False).to(dtype)
+    sep.train(training), dil.train(training)
+    g = torch.Generator().manual_seed(3)
+    cl = torch.channels_last
+    x = torch.randn(16, 8, 8, 8, generator=g, dtype=dtype).contiguous(memory_format=cl).requires_grad_(training)
+    other = torch.randn(16, 8, 8, 8, generator=g, dtype=dtype).contiguous(memory_format=cl).requires_grad_(training)
+    prev = torch.randn(16, 8, 8, 8, generator=g, dtype=dtype).contiguous(memory_format=cl).requires_grad_(training)
+    gates = torch.rand(4, generator=g, dtype=dtype).requires_grad_(training)
+    with torch.set_grad_enabled(training):
+        out = edge_forward(prev, gates, x, [(0, sep.native_stages()[0]), (1, other), (3, dil.native_stages()[0])])
+    stats = [b.clone() for m in (sep, dil) for b in m.buffers()]
+    if not training:
+        return [out, *stats]
+    out.backward(torch.randn(out.shape, generator=g, dtype=dtype))
+    weights = [p.grad for m in (sep, dil) for p in m.parameters()]
+    return [out.detach(), *stats, x.grad, gates.grad, prev.grad, other.grad, *weights]
+
+
+@needs_kernels
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_any_thread_count_gives_the_same_bits(dtype, training) -> None:
+    """The kernels split a batch by its shapes, not by the thread count, and add the chunks'
+    partial sums in order: two (or four) threads give exactly the results of one, in the
+    forward pass, the batch statistics and every gradient."""
+    if not native.openmp():
+        pytest.skip("kernels built without OpenMP: one thread only")
+    results = {}
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        assert f"{threads} threads" in native.status()
+        results[threads] = _chain_and_edge(dtype, training)
+    torch.set_num_threads(1)
+    for threads in (2, 4):
+        assert all(torch.equal(a, b) for a, b in zip(results[1], results[threads]))
+
+
+def test_a_compiler_without_openmp_builds_the_one_thread_library(tmp_path, monkeypatch) -> None:
+    """Where ``-fopenmp`` fails (a compiler without OpenMP), the build is retried without it and
+    the library runs on one thread, computing the same."""
+    real_cc = native._compiler()
+    if real_cc is None:
+        pytest.skip("no C compiler")
+    cc = tmp_path / "cc-without-openmp"
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {real_cc} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    lib = ctypes.CDLL(str(native._build(str(cc))))
+    assert lib.fairdarts_kernels_openmp() == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("geometry", [(3, 1, 1, 1), None], ids=["sep3", "pointwise"])
+@pytest.mark.parametrize("channels", [8, 6], ids=["vectorised", "scalar"])
+def test_nan_in_the_input_reaches_the_output_as_in_pytorch(geometry, channels) -> None:
+    """A ReLU keeps NaN (PyTorch's does): a diverged run's NaNs must reach its loss, where the
+    non-finite check stops the run, instead of being zeroed at the first ReLU."""
+    dw, pw, bn = modules(channels, channels, geometry, torch.float64)
+    x = torch.randn(3, channels, 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x[1, 0, 4, 4] = float("nan")
+    ours = conv_bn_chain(x, dw, pw, bn, relu=True)
+    ref = torch_chain(x, dw, pw, bn, relu=True)
+    assert ours is not None and torch.equal(torch.isnan(ours), torch.isnan(ref)) and torch.isnan(ref).any()

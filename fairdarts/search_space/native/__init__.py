@@ -9,6 +9,11 @@ cache shared between machines never hands one CPU the code built for another.
 
 When no C compiler is at hand, or the build fails, or ``FAIRDARTS_NATIVE_KERNELS=0``, the
 supernet runs PyTorch's own kernels (same numbers, slower) and the reason is logged once.
+
+Threads: built with ``-fopenmp`` (retried without it where the compiler has no OpenMP), the
+library links ``libgomp.so.1``, which the dynamic loader resolves to the copy PyTorch has
+already loaded: one OpenMP runtime, one thread pool. The kernels use PyTorch's thread count
+(``torch.get_num_threads()``, i.e. ``--threads``), and give the same bits for any count.
 """
 from __future__ import annotations
 
@@ -22,11 +27,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
 ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
-VERSION = 3
+VERSION = 4
 SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h")
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
+OPENMP = "-fopenmp"
 
 _HERE = Path(__file__).resolve().parent
 _state: dict[str, object] = {}
@@ -54,12 +62,20 @@ def _cache_dir() -> Path:
 
 
 def _build(cc: str) -> Path:
-    """The cached library for these sources, compiler and CPU; built (atomically) when missing."""
+    """The cached library for these sources, compiler and CPU: with OpenMP, or without it where
+    the compiler cannot build that; built (atomically) when missing."""
+    try:
+        return _build_with(cc, (*FLAGS, OPENMP))
+    except RuntimeError:
+        return _build_with(cc, FLAGS)
+
+
+def _build_with(cc: str, flags: tuple[str, ...]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     h = hashlib.sha256()
     for source in SOURCES:
         h.update((_HERE / source).read_bytes())
-    for part in (version, " ".join(FLAGS), _cpu_flags()):
+    for part in (version, " ".join(flags), _cpu_flags()):
         h.update(part.encode())
     target = _cache_dir() / f"fairdarts_kernels_{h.hexdigest()[:20]}.so"
     if target.exists():
@@ -68,7 +84,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cc, *FLAGS, "-o", tmp, str(_HERE / "kernels.c"), "-lm"]
+        cmd = [cc, *flags, "-o", tmp, str(_HERE / "kernels.c"), "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
@@ -93,6 +109,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, None
+    lib.fairdarts_set_threads.argtypes, lib.fairdarts_set_threads.restype = [c_int], None
+    lib.fairdarts_kernels_openmp.argtypes, lib.fairdarts_kernels_openmp.restype = [], c_int
 
 
 def _load() -> ctypes.CDLL:
@@ -109,7 +127,15 @@ def _load() -> ctypes.CDLL:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (the reason is logged once and kept in :func:`unavailable_reason`)."""
+    """The loaded kernels, set to PyTorch's current thread count, or None (the reason is logged
+    once and kept in :func:`unavailable_reason`)."""
+    lib = _state.get("lib")
+    if lib is not None:
+        threads = torch.get_num_threads()
+        if threads != _state.get("threads"):
+            lib.fairdarts_set_threads(threads)  # type: ignore[attr-defined]
+            _state["threads"] = threads
+        return lib  # type: ignore[return-value]
     if "lib" not in _state:
         try:
             _state["lib"] = _load()
@@ -120,7 +146,7 @@ def library() -> ctypes.CDLL | None:
             logging.getLogger("fairdarts").log(logging.INFO if switched_off else logging.WARNING,
                                                "native CPU kernels unavailable (%s): PyTorch's slower kernels run",
                                                exc)
-    return _state["lib"]  # type: ignore[return-value]
+    return library() if _state["lib"] is not None else None
 
 
 def unavailable_reason() -> str | None:
@@ -131,7 +157,16 @@ def unavailable_reason() -> str | None:
 def status() -> str:
     """One line for a run's log: the library in use, or why PyTorch's kernels run instead."""
     lib = library()
-    return f"on ({Path(lib._name).name})" if lib is not None else f"off ({unavailable_reason()})"
+    if lib is None:
+        return f"off ({unavailable_reason()})"
+    threads = f"OpenMP, {torch.get_num_threads()} threads" if openmp() else "no OpenMP, 1 thread"
+    return f"on ({Path(lib._name).name}, {threads})"
+
+
+def openmp() -> bool:
+    """The loaded library runs its chunks on PyTorch's OpenMP threads (False: one thread)."""
+    lib = library()
+    return bool(lib is not None and lib.fairdarts_kernels_openmp())
 
 
 def reset() -> None:

@@ -51,7 +51,8 @@ class _Edge(torch.autograd.Function):
             y, chain_saved = run_stages(lib, x, weights[w0:w0 + 2 * len(specs)], specs)
             saved += chain_saved
             ys.append(y)
-        ws = [float(v) for v in gates[[term[0] for term in plan]].tolist()]
+        all_gates = gates.tolist()
+        ws = [all_gates[term[0]] for term in plan]
         out = torch.empty_like(ys[0], memory_format=CL)
         getattr(lib, f"weighted_sum_{_SUFFIX[x.dtype]}")(
             out.data_ptr(), _ptr(prev), _pointers(ys), (ctypes.c_double * len(ws))(*ws), len(ws), out.numel())
@@ -96,9 +97,10 @@ def _gate_grads(lib, g: Tensor, ys: Sequence[Tensor], gates: Tensor, plan: tuple
     """d out / d gates: sum(g * y_k) per active op (zero for the inactive ones)."""
     sums = (ctypes.c_double * len(ys))()
     getattr(lib, f"dots_{_SUFFIX[g.dtype]}")(g.data_ptr(), _pointers(ys), len(ys), g.numel(), sums)
-    grad = torch.zeros_like(gates)
-    grad[[term[0] for term in plan]] = torch.tensor(list(sums), dtype=gates.dtype)
-    return grad
+    grad = [0.0] * gates.numel()
+    for term, value in zip(plan, sums):
+        grad[term[0]] = value
+    return torch.tensor(grad, dtype=gates.dtype)
 
 
 def _differentiable_backward(ctx, g: Tensor, gates: Tensor, x: Tensor, tensors: Sequence[Tensor],

@@ -19,6 +19,23 @@
 
 typedef int64_t i64;
 
+/* Threads: the chain kernels split a batch into chunks of images whose partition depends on the
+ * shapes alone, never on the thread count, and every reduction over chunks is added in chunk
+ * order, so any number of threads gives the same bits. The count is PyTorch's (the loader
+ * passes torch.get_num_threads()); built with -fopenmp, the library shares PyTorch's OpenMP
+ * runtime (libgomp.so.1, loaded by torch first), so its threads are PyTorch's threads. */
+static int fd_threads = 1;
+void fairdarts_set_threads(int n) { fd_threads = n > 0 ? n : 1; }
+int fairdarts_kernels_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+#define PARALLEL_FOR _Pragma("omp parallel for schedule(static) num_threads(fd_threads) if(fd_threads > 1)")
+
 #define real float
 #define FN(name) name##_f32
 #include "kernels_scalar.h"
@@ -36,4 +53,4 @@ typedef int64_t i64;
 #undef FN
 
 /* The interface version: the loader refuses a library whose version differs. */
-int fairdarts_kernels_version(void) { return 3; }
+int fairdarts_kernels_version(void) { return 4; }

@@ -71,12 +71,29 @@ static real *FN(transposed)(const real *w, i64 rows, i64 cols)
 /* The chain over one batch, a few images at a time (the vectorised path): each chunk's padded
  * input, depthwise output, 1x1 output and their gradients are made and used while they are in
  * the core's cache, so memory sees each tensor of the chain about once per pass. A chunk holds
- * about CHUNK_ELEMENTS input elements (at least one image). */
+ * about CHUNK_ELEMENTS input elements (at least one image), and a batch is at least MIN_CHUNKS
+ * chunks (when it has as many images), so that threads have chunks to share; the partition
+ * depends on the shapes only (see kernels.c: the same bits for any thread count). */
 #define CHUNK_ELEMENTS 32768
+#define MIN_CHUNKS 8
 static inline i64 FN(chunk_images)(i64 per_image, i64 N)
 {
-    i64 k = CHUNK_ELEMENTS / (per_image > 0 ? per_image : 1);
+    i64 k = CHUNK_ELEMENTS / (per_image > 0 ? per_image : 1), most = (N + MIN_CHUNKS - 1) / MIN_CHUNKS;
+    if (k > most) k = most;
     return k < 1 ? 1 : (k > N ? N : k);
+}
+
+/* out [P, C] <- (in - a) * invstd, or the BatchNorm backward with g (see bn_apply_vec), chunk by
+ * chunk of `rows` rows on the threads. */
+static void FN(bn_apply_chunks)(real *out, const real *in, const real *g, const real *a, const real *b,
+                                const real *invstd, i64 P, i64 C, i64 rows)
+{
+    i64 nc = (P + rows - 1) / rows;
+    PARALLEL_FOR
+    for (i64 ci = 0; ci < nc; ci++) {
+        i64 q = ci * rows, m = P - q < rows ? P - q : rows;
+        FN(bn_apply_vec)(out + q * C, in + q * C, g ? g + q * C : NULL, a, b, invstd, m, C);
+    }
 }
 
 static void FN(chain_forward_vec)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
@@ -86,30 +103,37 @@ static void FN(chain_forward_vec)(const real *x, const real *wdw, const real *wp
 {
     i64 Pn = Ho * Wo, P = N * Pn;
     real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL, *pt = FN(transposed)(wpw, Co, Ci);
-    double *sum = calloc((size_t)(4 * Co), sizeof(double)), *sq = sum + Co, *part = sq + Co, *part2 = part + Co;
-    real *shift = malloc(sizeof(real) * Co);
-    i64 nb = FN(chunk_images)(H * W * Ci, N);
-    for (i64 n = 0; n < N; n += nb) {
-        i64 m = N - n < nb ? N - n : nb;
+    i64 nb = FN(chunk_images)(H * W * Ci, N), nc = (N + nb - 1) / nb;
+    /* per chunk: its channel sums and its sums of squares about its own (rounded) mean `shift` */
+    double *part = malloc(sizeof(double) * 2 * nc * Co);
+    real *shift = malloc(sizeof(real) * nc * Co);
+    PARALLEL_FOR
+    for (i64 ci = 0; ci < nc; ci++) {
+        i64 n = ci * nb, m = N - n < nb ? N - n : nb;
         const real *src = x + n * H * W * Ci;
-        real *yn = y + n * Pn * Co;
+        real *yn = y + n * Pn * Co, *sh = shift + ci * Co;
+        double *sum = part + 2 * ci * Co, *sq = sum + Co;
         if (wdw) {
             FN(dw_forward_vec)(src, wt, z + n * Pn * Ci, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
             src = z + n * Pn * Ci;
         }
         FN(pw_forward_vec)(src, pt, yn, m * Pn, Ci, Co, wdw ? 0 : relu);
-        /* batch statistics: sums per chunk in registers, then in double; the squares are taken
-         * about the first chunk's mean, so their difference to the mean's square does not cancel */
-        FN(channel_sums_vec)(yn, m * Pn, Co, NULL, part, 0);
-        if (n == 0)
-            for (i64 c = 0; c < Co; c++) shift[c] = (real)(part[c] / (double)(m * Pn));
-        FN(channel_sums_vec)(yn, m * Pn, Co, shift, part2, 1);
-        for (i64 c = 0; c < Co; c++) { sum[c] += part[c]; sq[c] += part2[c]; }
+        FN(channel_sums_vec)(yn, m * Pn, Co, NULL, sum, 0);
+        for (i64 c = 0; c < Co; c++) sh[c] = (real)(sum[c] / (double)(m * Pn));
+        FN(channel_sums_vec)(yn, m * Pn, Co, sh, sq, 1);
     }
+    /* batch statistics, the chunks combined in order: sum of (y - mean)^2 over chunk i is
+     * sq_i - n_i (m_i - shift_i)^2, plus n_i (m_i - mean)^2 about the batch mean */
     real *mean = malloc(sizeof(real) * Co);
     for (i64 c = 0; c < Co; c++) {
-        double m = sum[c] / (double)P, dm = m - (double)shift[c];
-        double ss = sq[c] - (double)P * dm * dm;          /* sum of (y - mean)^2 */
+        double total = 0, ss = 0;
+        for (i64 ci = 0; ci < nc; ci++) total += part[2 * ci * Co + c];
+        double m = total / (double)P;
+        for (i64 ci = 0; ci < nc; ci++) {
+            double ni = (double)((N - ci * nb < nb ? N - ci * nb : nb) * Pn);
+            double mi = part[2 * ci * Co + c] / ni, di = mi - (double)shift[ci * Co + c], ei = mi - m;
+            ss += part[(2 * ci + 1) * Co + c] - ni * di * di + ni * ei * ei;
+        }
         if (ss < 0) ss = 0;
         double var = ss / (double)P;
         invstd[c] = (real)(1.0 / sqrt(var + eps));
@@ -120,10 +144,10 @@ static void FN(chain_forward_vec)(const real *x, const real *wdw, const real *wp
             running_var[c] = (real)((1.0 - momentum) * running_var[c] + momentum * unbiased);
         }
     }
-    FN(bn_apply_vec)(y, y, NULL, mean, NULL, invstd, P, Co);
+    FN(bn_apply_chunks)(y, y, NULL, mean, NULL, invstd, P, Co, nb * Pn);
     free(mean);
     free(shift);
-    free(sum);
+    free(part);
     free(pt);
     free(wt);
 }
@@ -134,68 +158,101 @@ static void FN(chain_backward_vec)(const real *x, const real *wdw, const real *w
                                    int relu, int accumulate)
 {
     i64 Pn = Ho * Wo, P = N * Pn, In = H * W * Ci;
-    double *sg = calloc((size_t)(2 * Co), sizeof(double)), *sgy = sg + Co;
-    FN(bn_backward_sums_vec)(y, gy, P, Co, sg, sgy);
+    i64 nb = FN(chunk_images)(In, N), nc = (N + nb - 1) / nb;
+    /* pass 1: sum of g and of g * y per chunk, added in chunk order */
+    double *sums = malloc(sizeof(double) * 2 * nc * Co);
+    PARALLEL_FOR
+    for (i64 ci = 0; ci < nc; ci++) {
+        i64 n = ci * nb, m = N - n < nb ? N - n : nb;
+        FN(bn_backward_sums_vec)(y + n * Pn * Co, gy + n * Pn * Co, m * Pn, Co, sums + 2 * ci * Co,
+                                 sums + (2 * ci + 1) * Co);
+    }
     real *a = malloc(sizeof(real) * 2 * Co), *b = a + Co;
-    for (i64 c = 0; c < Co; c++) { a[c] = (real)(sg[c] / (double)P); b[c] = (real)(sgy[c] / (double)P); }
-    i64 nb = FN(chunk_images)(In, N);
-    real *gu = malloc(sizeof(real) * nb * Pn * Co);
-    real *gz = wdw ? malloc(sizeof(real) * nb * Pn * Ci) : NULL;
+    for (i64 c = 0; c < Co; c++) {
+        double sg = 0, sgy = 0;
+        for (i64 ci = 0; ci < nc; ci++) { sg += sums[2 * ci * Co + c]; sgy += sums[(2 * ci + 1) * Co + c]; }
+        a[c] = (real)(sg / (double)P);
+        b[c] = (real)(sgy / (double)P);
+    }
+    free(sums);
+    /* pass 2: per chunk, the gradients; the weight gradients of each chunk kept apart, then
+     * added in chunk order */
     real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL;
-    real *gwt = wdw && gwdw ? calloc((size_t)(K * K * Ci), sizeof(real)) : NULL;
-    real *gtmp = gx && accumulate ? malloc(sizeof(real) * nb * In) : NULL;
-    if (gwpw) memset(gwpw, 0, sizeof(real) * Co * Ci);
-    for (i64 n = 0; n < N; n += nb) {
-        i64 m = N - n < nb ? N - n : nb;
+    i64 npw = Co * Ci, ndw = K * K * Ci;
+    real *gwpw_part = gwpw ? calloc((size_t)(nc * npw), sizeof(real)) : NULL;
+    real *gwt_part = wdw && gwdw ? calloc((size_t)(nc * ndw), sizeof(real)) : NULL;
+    PARALLEL_FOR
+    for (i64 ci = 0; ci < nc; ci++) {
+        i64 n = ci * nb, m = N - n < nb ? N - n : nb;
         const real *xn = x + n * In;
+        real *gu = malloc(sizeof(real) * m * Pn * Co);
+        real *gtmp = gx && accumulate ? malloc(sizeof(real) * m * In) : NULL;
         real *gxn = gx ? (gtmp ? gtmp : gx + n * In) : NULL;
+        real *gw = gwpw_part ? gwpw_part + ci * npw : NULL;
         FN(bn_apply_vec)(gu, y + n * Pn * Co, gy + n * Pn * Co, a, b, invstd, m * Pn, Co);
         if (!wdw) {
-            FN(pw_backward_vec)(xn, wpw, gu, gxn, gwpw, m * Pn, Ci, Co, relu);
+            FN(pw_backward_vec)(xn, wpw, gu, gxn, gw, m * Pn, Ci, Co, relu);
         } else {
-            FN(pw_backward_vec)(z + n * Pn * Ci, wpw, gu, (gx || gwdw) ? gz : NULL, gwpw, m * Pn, Ci, Co, 0);
+            real *gz = (gx || gwdw) ? malloc(sizeof(real) * m * Pn * Ci) : NULL;
+            FN(pw_backward_vec)(z + n * Pn * Ci, wpw, gu, gz, gw, m * Pn, Ci, Co, 0);
             if (gxn) FN(dw_grad_input_vec)(xn, wt, gz, gxn, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
-            if (gwt) FN(dw_grad_weight_vec)(xn, gz, gwt, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+            if (gwt_part) FN(dw_grad_weight_vec)(xn, gz, gwt_part + ci * ndw, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+            free(gz);
         }
         if (gtmp) FN(add_into)(gx + n * In, gtmp, m * In);   /* the chunk's gradient, still in cache */
+        free(gtmp);
+        free(gu);
     }
-    free(gtmp);
-    if (gwt)
+    if (gwpw) {
+        memcpy(gwpw, gwpw_part, sizeof(real) * npw);
+        for (i64 ci = 1; ci < nc; ci++) FN(add_into)(gwpw, gwpw_part + ci * npw, npw);
+    }
+    if (gwt_part) {
+        for (i64 ci = 1; ci < nc; ci++) FN(add_into)(gwt_part, gwt_part + ci * ndw, ndw);
         for (i64 t = 0; t < K * K; t++)
-            for (i64 c = 0; c < Ci; c++) gwdw[c * K * K + t] = gwt[t * Ci + c];
-    free(gwt);
+            for (i64 c = 0; c < Ci; c++) gwdw[c * K * K + t] = gwt_part[t * Ci + c];
+    }
+    free(gwt_part);
+    free(gwpw_part);
     free(wt);
-    free(gz);
-    free(gu);
     free(a);
-    free(sg);
 }
 
-/* The chain in eval mode: BatchNorm with the running statistics (what validation runs). */
+/* The chain in eval mode: BatchNorm with the running statistics (what validation runs); chunk
+ * by chunk of images on the threads when the channel counts vectorise. */
 static void FN(chain_forward_eval)(const real *x, const real *wdw, const real *wpw, real *z, real *y, real *invstd,
                                    const real *running_mean, const real *running_var, double eps,
                                    i64 N, i64 H, i64 W, i64 Ci, i64 Ho, i64 Wo, i64 Co, i64 K, i64 s, i64 p,
                                    i64 d, int relu)
 {
-    i64 P = N * Ho * Wo;
-    const real *src = x;
-    if (wdw) {
-        real *wt = FN(transposed)(wdw, Ci, K * K);
-        if (VEC(Ci)) FN(dw_forward_vec)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
-        else FN(dw_forward_scalar)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
-        free(wt);
-        src = z;
-    }
-    real *pt = FN(transposed)(wpw, Co, Ci);
-    if (VEC(Co)) FN(pw_forward_vec)(src, pt, y, P, Ci, Co, wdw ? 0 : relu);
-    else FN(pw_forward_scalar)(src, pt, y, P, Ci, Co, wdw ? 0 : relu);
-    free(pt);
+    i64 Pn = Ho * Wo, P = N * Pn;
     for (i64 c = 0; c < Co; c++) invstd[c] = (real)(1.0 / sqrt((double)running_var[c] + eps));
-    if (VEC(Co))
-        FN(bn_apply_vec)(y, y, NULL, running_mean, NULL, invstd, P, Co);
-    else
+    real *wt = wdw ? FN(transposed)(wdw, Ci, K * K) : NULL, *pt = FN(transposed)(wpw, Co, Ci);
+    if (VEC(Ci) && VEC(Co)) {
+        i64 nb = FN(chunk_images)(H * W * Ci, N), nc = (N + nb - 1) / nb;
+        PARALLEL_FOR
+        for (i64 ci = 0; ci < nc; ci++) {
+            i64 n = ci * nb, m = N - n < nb ? N - n : nb;
+            const real *src = x + n * H * W * Ci;
+            if (wdw) {
+                FN(dw_forward_vec)(src, wt, z + n * Pn * Ci, m, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+                src = z + n * Pn * Ci;
+            }
+            FN(pw_forward_vec)(src, pt, y + n * Pn * Co, m * Pn, Ci, Co, wdw ? 0 : relu);
+            FN(bn_apply_vec)(y + n * Pn * Co, y + n * Pn * Co, NULL, running_mean, NULL, invstd, m * Pn, Co);
+        }
+    } else {
+        const real *src = x;
+        if (wdw) {
+            FN(dw_forward_scalar)(x, wt, z, N, H, W, Ci, Ho, Wo, K, s, p, d, relu);
+            src = z;
+        }
+        FN(pw_forward_scalar)(src, pt, y, P, Ci, Co, wdw ? 0 : relu);
         for (i64 q = 0; q < P; q++)
             for (i64 c = 0; c < Co; c++) y[q * Co + c] = (y[q * Co + c] - running_mean[c]) * invstd[c];
+    }
+    free(pt);
+    free(wt);
 }
 
 /* Forward of one chain (the entry point): z = dw(x) (skipped when wdw is NULL: z = x), y = bn(pw(z)).

@@ -1,6 +1,7 @@
 /* Scalar kernels for one floating-point type (see kernels.c), for any channel count: the
  * reference loops that kernels_vec.h vectorises. */
 
+/* ReLU when `relu`; NaN stays NaN, as in PyTorch. */
 static inline real FN(relu_if)(real v, int relu) { return (relu && v < (real)0) ? (real)0 : v; }
 
 /* Depthwise convolution: y[n, oh, ow, c] = sum_taps w[c, tap] * x[n, oh*s-p+i*d, ow*s-p+j*d, c]
@@ -22,7 +23,7 @@ static void FN(dw_forward_scalar)(const real *restrict x, const real *restrict w
                         const real *restrict xi = x + ((n * H + ih) * W + iw) * C;
                         const real *restrict wk = wt + (i * K + j) * C;
                         if (relu)
-                            for (i64 c = 0; c < C; c++) out[c] += wk[c] * (xi[c] > 0 ? xi[c] : 0);
+                            for (i64 c = 0; c < C; c++) out[c] += wk[c] * FN(relu_if)(xi[c], 1);
                         else
                             for (i64 c = 0; c < C; c++) out[c] += wk[c] * xi[c];
                     }
@@ -58,7 +59,7 @@ static void FN(dw_backward_scalar)(const real *restrict x, const real *restrict 
                             real *restrict gk = gwt + tap;
                             const real *restrict xi = x + at;
                             if (relu)
-                                for (i64 c = 0; c < C; c++) gk[c] += (xi[c] > 0 ? xi[c] : 0) * g[c];
+                                for (i64 c = 0; c < C; c++) gk[c] += FN(relu_if)(xi[c], 1) * g[c];
                             else
                                 for (i64 c = 0; c < C; c++) gk[c] += xi[c] * g[c];
                         }
@@ -111,7 +112,7 @@ static void FN(pw_backward_scalar)(const real *restrict x, const real *restrict 
                 real g = gq[o];
                 real *restrict gwo = gw + o * Ci;
                 if (relu)
-                    for (i64 i = 0; i < Ci; i++) gwo[i] += g * (xq[i] > 0 ? xq[i] : 0);
+                    for (i64 i = 0; i < Ci; i++) gwo[i] += g * FN(relu_if)(xq[i], 1);
                 else
                     for (i64 i = 0; i < Ci; i++) gwo[i] += g * xq[i];
             }

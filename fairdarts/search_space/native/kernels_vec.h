@@ -17,11 +17,19 @@ typedef real FN(vec) __attribute__((vector_size(32)));
 
 static inline vec FN(ld)(const real *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline void FN(st)(real *p, vec v) { memcpy(p, &v, sizeof v); }
-/* v where `where > 0`, else 0 (a ReLU of v when where == v; a ReLU's gradient mask otherwise). */
+/* v where `where > 0`, else 0: a ReLU's gradient mask (0 where the input is NaN, as PyTorch's). */
 static inline vec FN(keep_pos)(vec v, vec where)
 {
     vec z = {0};
     __typeof__(where > z) mask = where > z;
+    return (vec)((__typeof__(mask))v & mask);
+}
+
+/* A ReLU that keeps NaN, as PyTorch's does (a diverged run's NaNs reach its loss and stop it). */
+static inline vec FN(relu_vec)(vec v)
+{
+    vec z = {0};
+    __typeof__(v > z) mask = ~(v <= z);
     return (vec)((__typeof__(mask))v & mask);
 }
 
@@ -42,7 +50,7 @@ static real *FN(padded)(const real *restrict x, i64 N, i64 H, i64 W, i64 C, i64 
             const real *src = x + (n * H + h - p) * W * C;
             real *dst = row + p * C;
             if (relu)
-                for (i64 e = 0; e < W * C; e += VL) { vec v = FN(ld)(src + e); FN(st)(dst + e, FN(keep_pos)(v, v)); }
+                for (i64 e = 0; e < W * C; e += VL) { vec v = FN(ld)(src + e); FN(st)(dst + e, FN(relu_vec)(v)); }
             else
                 memcpy(dst, src, sizeof(real) * W * C);
         }
@@ -232,11 +240,11 @@ static inline __attribute__((always_inline)) void FN(mk)(const real *A, i64 ars,
         vec b[2];
         for (int c = 0; c < NB; c++) {
             b[c] = FN(ld)(B + k * bks + c * VL);
-            if (relu_b) b[c] = FN(keep_pos)(b[c], b[c]);
+            if (relu_b) b[c] = FN(relu_vec)(b[c]);
         }
         for (int r = 0; r < R; r++) {
             real a = A[r * ars + k * aks];
-            if (relu_a) a = a > 0 ? a : 0;
+            if (relu_a) a = a <= 0 ? 0 : a;   /* NaN stays NaN */
             for (int c = 0; c < NB; c++) acc[r][c] += a * b[c];
         }
     }
@@ -368,30 +376,39 @@ static void FN(add_into)(real *restrict dst, const real *restrict src, i64 n)
     for (; e < n; e++) dst[e] += src[e];
 }
 
-/* A mixed edge's output: out = prev + sum_k w[k] * ys[k] (prev NULL: 0), terms added in order. */
+/* A mixed edge's output: out = prev + sum_k w[k] * ys[k] (prev NULL: 0), terms added in order;
+ * blocks of SUM_BLOCK elements on the threads. */
+#define SUM_BLOCK 8192
 void FN(weighted_sum)(real *restrict out, const real *prev, const real *const *ys, const double *w, int n,
                       i64 numel)
 {
-    i64 e = 0;
-    for (; e + VL <= numel; e += VL) {
-        vec acc = prev ? FN(ld)(prev + e) : (vec){0};
-        for (int k = 0; k < n; k++) acc += (real)w[k] * FN(ld)(ys[k] + e);
-        FN(st)(out + e, acc);
-    }
-    for (; e < numel; e++) {
-        real acc = prev ? prev[e] : 0;
-        for (int k = 0; k < n; k++) acc += (real)w[k] * ys[k][e];
-        out[e] = acc;
+    i64 nblocks = (numel + SUM_BLOCK - 1) / SUM_BLOCK;
+    PARALLEL_FOR
+    for (i64 bi = 0; bi < nblocks; bi++) {
+        i64 e = bi * SUM_BLOCK, end = e + SUM_BLOCK < numel ? e + SUM_BLOCK : numel;
+        for (; e + VL <= end; e += VL) {
+            vec acc = prev ? FN(ld)(prev + e) : (vec){0};
+            for (int k = 0; k < n; k++) acc += (real)w[k] * FN(ld)(ys[k] + e);
+            FN(st)(out + e, acc);
+        }
+        for (; e < end; e++) {
+            real acc = prev ? prev[e] : 0;
+            for (int k = 0; k < n; k++) acc += (real)w[k] * ys[k][e];
+            out[e] = acc;
+        }
     }
 }
 
 /* The gate weights' gradients of a mixed edge: out[k] = sum_e g[e] * ys[k][e], k < n <= 16, in one
- * pass (partial sums per block of 4096 elements, added in double). */
+ * pass: partial sums per block of 4096 elements (blocks on the threads), added in double in
+ * block order. */
 void FN(dots)(const real *restrict g, const real *const *ys, int n, i64 numel, double *out)
 {
-    for (int k = 0; k < n; k++) out[k] = 0;
-    for (i64 b0 = 0; b0 < numel; b0 += 4096) {
-        i64 b1 = b0 + 4096 < numel ? b0 + 4096 : numel, e = b0;
+    i64 nblocks = (numel + 4095) / 4096;
+    double *part = malloc(sizeof(double) * (nblocks > 0 ? nblocks : 1) * 16);
+    PARALLEL_FOR
+    for (i64 bi = 0; bi < nblocks; bi++) {
+        i64 b0 = bi * 4096, b1 = b0 + 4096 < numel ? b0 + 4096 : numel, e = b0;
         vec acc[16];
         memset(acc, 0, sizeof acc);
         for (; e + VL <= b1; e += VL) {
@@ -402,9 +419,14 @@ void FN(dots)(const real *restrict g, const real *const *ys, int n, i64 numel, d
             double s = 0;
             for (int l = 0; l < (int)VL; l++) s += acc[k][l];
             for (i64 t = e; t < b1; t++) s += (double)g[t] * ys[k][t];
-            out[k] += s;
+            part[bi * 16 + k] = s;
         }
     }
+    for (int k = 0; k < n; k++) {
+        out[k] = 0;
+        for (i64 bi = 0; bi < nblocks; bi++) out[k] += part[bi * 16 + k];
+    }
+    free(part);
 }
 
 #undef vec
