@@ -65,12 +65,15 @@ class Architect:
 
     def __init__(self, model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float,
                  objective: ArchObjective, unrolled: bool = False, hessian: str = "finite_difference",
-                 reduce_grads: GradReducer | None = None, guard: Callable[[Tensor], bool] | None = None):
+                 reduce_grads: GradReducer | None = None, guard: Callable[[Tensor], bool] | None = None,
+                 capturable: bool = False):
         if hessian not in HESSIAN_MODES:
             raise ValueError(f"unknown hessian mode {hessian!r}; use one of {HESSIAN_MODES}")
         self.model = model
         self.alphas: list[nn.Parameter] = list(model.arch_parameters())
-        self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas, weight_decay=weight_decay)
+        # capturable: Adam's step count on the device, so a CUDA graph can replay the update
+        self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas, weight_decay=weight_decay,
+                                          capturable=capturable)
         self.objective = objective
         self.unrolled = unrolled
         self.hessian = hessian

@@ -21,7 +21,7 @@ from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primi
 SEARCH_DATASETS = tuple(d for d in DATASET_CHOICES if d != "imagenet")
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
-RESUME_OVERRIDABLE: frozenset[str] = RUN_OVERRIDABLE | {"plot_every"}
+RESUME_OVERRIDABLE: frozenset[str] = RUN_OVERRIDABLE | {"plot_every", "cuda_graphs"}
 
 
 @dataclass
@@ -74,6 +74,9 @@ class SearchConfig(RunConfig):
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
     max_steps_per_epoch: int | None = field_help(
         None, "stop each epoch (and validation) after N batches; for smoke tests and benchmarks", low=1)
+    cuda_graphs: bool = field_help(
+        False, "GPU: capture the whole search step as a CUDA graph and replay it (eager on the CPU, under torchrun "
+               "and with --skip_nonfinite, the reason logged; not yet measured on a GPU)")
     plot_every: int = field_help(
         5, "redraw the alpha-evolution plots every N epochs and after the last one (drawing them takes "
            "seconds: every epoch, a fifth of a small CPU search)", low=1)

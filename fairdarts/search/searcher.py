@@ -35,7 +35,8 @@ from fairdarts.runner import EpochRun
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.config import SearchConfig
-from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate
+from fairdarts.search.graphed import graphed_or_eager
+from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate, weight_optimizer
 from fairdarts.search.spaces import SearchSupernet, gate_arrays, space_of
 from fairdarts.search_space import Genotype, MobileGenotype, native
 
@@ -85,11 +86,12 @@ def build_step(cfg: SearchConfig, model: SearchSupernet, dist: DistContext | Non
                guard: NonFiniteGuard | None = None) -> SearchStep:
     """The architect, the weight optimizer and the step that uses them, from a config."""
     reduce = _grad_reducer(dist)
-    w_optimizer = torch.optim.SGD(model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
+    w_optimizer = weight_optimizer(model.weight_parameters(), cfg.learning_rate, cfg.momentum, cfg.weight_decay)
+    on_gpu = next(model.parameters()).device.type == "cuda"
     architect = Architect(model, cfg.arch_learning_rate, (cfg.arch_beta1, cfg.arch_beta2), cfg.arch_weight_decay,
                           ArchObjective(cfg.zero_one_weight, cfg.sep_loss), unrolled=cfg.unrolled,
-                          hessian=cfg.hessian, reduce_grads=reduce, guard=guard)
+                          hessian=cfg.hessian, reduce_grads=reduce, guard=guard,
+                          capturable=cfg.cuda_graphs and on_gpu)
     return SearchStep(model, architect, w_optimizer, cfg.grad_clip, cfg.single_level, reduce, guard)
 
 
@@ -122,6 +124,7 @@ class Searcher(EpochRun[SearchConfig]):
         self.model = build_supernet(cfg, self.data.num_classes, self.data.in_channels, dist.device)
         self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.step = build_step(cfg, self.model, dist, self.guard)
+        self.run_step = graphed_or_eager(self.step, cfg.cuda_graphs, dist.device, cfg.skip_nonfinite, logger)
         self.history = AlphaHistory(self.space.groups)
         if dist.device.type == "cpu":
             logger.info("native CPU kernels: %s", native.status())
@@ -176,7 +179,7 @@ class Searcher(EpochRun[SearchConfig]):
                           epoch, step, total, m["loss"], m["acc"], m["arch_loss"], m["zero_one"])
 
         self.log.info("epoch %d lr %.6e", epoch, lr)
-        return train_epoch(self.step, batches, None if cfg.single_level else self.data.arch,
+        return train_epoch(self.run_step, batches, None if cfg.single_level else self.data.arch,
                            cfg.max_steps_per_epoch, report, cfg.report_freq)
 
     def validate(self) -> tuple[float, float]:
