@@ -63,3 +63,18 @@ def test_vs_textbook_quick_reports_step_and_weight_pass(tmp_path: Path) -> None:
     for key in ("speedup", "speedup_cpu", "weight_speedup", "weight_speedup_cpu", "median_cpu_s", "weight_median_s"):
         assert ours[key] > 0
     assert max(result["equality_rel_err"]["fairdarts_1st"].values()) < 1e-10
+
+
+def test_cuda_graphs_quick_on_the_cpu_stand_in_equals_eager(tmp_path: Path, capsys) -> None:
+    """On the CPU the prepared GPU benchmark runs its capture stand-in: the two runs are equal to
+    the bit, with one capture and a replay per step after the warm-up."""
+    from benchmarks import bench_cuda_graphs
+
+    out = tmp_path / "graphs.json"
+    assert bench_cuda_graphs.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == list(bench_cuda_graphs.DEFAULT_VARIANTS)
+    for r in rows:
+        assert r["capture"] == "run_eagerly" and r["captures"] == 1 and r["replays"] == r["steps"] - 4
+        assert r["max_abs_alpha_diff"] == r["max_abs_weight_diff"] == r["max_abs_loss_diff"] == 0.0
+    assert "checks the script, not the speed" in capsys.readouterr().out
