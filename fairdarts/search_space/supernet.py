@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdarts.search_space.native.edge import edge_applies, edge_forward
+from fairdarts.search_space.native.pool import pool3x3
 from fairdarts.search_space.operations import RELU_LEADING_OPS, FactorizedReduce, NativeChains, ReLUConvBN, build_op
 from fairdarts.search_space.topology import cell_edges, edge_input, is_reduction, num_edges
 
@@ -87,7 +88,8 @@ class EdgeSource:
     def pooled(self, name: str, pool: nn.Module, bn: nn.BatchNorm2d) -> torch.Tensor:
         """``bn(pool(h))`` for one edge, shared with every other edge that leaves this state."""
         if name not in self._pools:
-            self._pools[name] = pool(self.h)
+            pooled = pool3x3(pool, self.h)  # the native kernels on the CPU, where they apply
+            self._pools[name] = pool(self.h) if pooled is None else pooled
         p = self._pools[name]
         if not (bn.training and _batch_statistics_only(bn)):
             return bn(p)

@@ -31,8 +31,8 @@ import torch
 
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
 ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
-VERSION = 4
-SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h")
+VERSION = 5
+SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h", "kernels_pool.h")
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
 OPENMP = "-fopenmp"
 
@@ -105,6 +105,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             "chain_backward": [p] * 10 + geometry + [d, c_int],      # ..., gscale, accumulate
             "weighted_sum": [p, p, p, p, c_int, i],                  # out, prev, ys, w, n, numel
             "dots": [p, p, c_int, i, p],                             # g, ys, n, numel, out
+            "pool3x3_forward": [p, p] + [i] * 7 + [c_int],           # x, y, N, H, W, C, Ho, Wo, s, avg
+            "pool3x3_backward": [p, p, p] + [i] * 7 + [c_int],       # x, gy, gx, N, H, W, C, Ho, Wo, s, avg
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, f"{name}_{suffix}")

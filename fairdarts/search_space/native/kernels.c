@@ -8,9 +8,9 @@
  * costs ~15 us). Here a whole chain is one forward call and one backward call, each a few
  * passes over contiguous rows of C channels that the compiler vectorises.
  *
- * The kernels are compiled twice (kernels_scalar.h, kernels_vec.h, kernels_chain.h), for float (suffix _f32) and double
- * (_f64). Shapes: x [N, H, W, Ci], depthwise weight [Ci, K*K], pointwise weight [Co, Ci],
- * outputs [N, Ho, Wo, Co]; every tensor contiguous.
+ * The kernels are compiled twice (kernels_scalar.h, kernels_vec.h, kernels_chain.h, kernels_pool.h),
+ * for float (suffix _f32) and double (_f64). Shapes: x [N, H, W, Ci], depthwise weight [Ci, K*K],
+ * pointwise weight [Co, Ci], outputs [N, Ho, Wo, Co]; every tensor contiguous.
  */
 #include <math.h>
 #include <stdint.h>
@@ -41,6 +41,7 @@ int fairdarts_kernels_openmp(void)
 #include "kernels_scalar.h"
 #include "kernels_vec.h"
 #include "kernels_chain.h"
+#include "kernels_pool.h"
 #undef real
 #undef FN
 
@@ -49,8 +50,9 @@ int fairdarts_kernels_openmp(void)
 #include "kernels_scalar.h"
 #include "kernels_vec.h"
 #include "kernels_chain.h"
+#include "kernels_pool.h"
 #undef real
 #undef FN
 
 /* The interface version: the loader refuses a library whose version differs. */
-int fairdarts_kernels_version(void) { return 4; }
+int fairdarts_kernels_version(void) { return 5; }
