@@ -32,7 +32,7 @@ def official_convs(module: nn.Module) -> nn.Module:
     """Swap our :class:`DepthwiseConv2d` for the plain ``nn.Conv2d`` of the official ops (same
     configuration; oneDNN's own gradients) and keep the ops off the native CPU kernels, so the
     textbook pays what the official code pays."""
-    if isinstance(module, NativeChains):
+    if isinstance(module, (NativeChains, FactorizedReduce)):
         module.native = False
     for name, child in module.named_children():
         if isinstance(child, DepthwiseConv2d):

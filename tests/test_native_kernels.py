@@ -245,14 +245,14 @@ def test_textbook_supernet_never_takes_the_native_kernels(monkeypatch) -> None:
     from benchmarks.textbook import TextbookSupernet
     from fairdarts.search_space import FAIRDARTS_PRIMITIVES
     from fairdarts.search_space.native import chain
-    from fairdarts.search_space.operations import NativeChains
+    from fairdarts.search_space.operations import FactorizedReduce, NativeChains
 
     def refuse(*args, **kwargs):
         raise AssertionError("the textbook ran a native chain")
 
     monkeypatch.setattr(chain._Chains, "apply", refuse)
     model = TextbookSupernet(4, 10, 3, FAIRDARTS_PRIMITIVES)
-    assert all(not m.native for m in model.modules() if isinstance(m, NativeChains))
+    assert all(not m.native for m in model.modules() if isinstance(m, (NativeChains, FactorizedReduce)))
     model(torch.randn(2, 3, 8, 8)).sum().backward()
 
 
@@ -344,3 +344,42 @@ def test_nan_in_the_input_reaches_the_output_as_in_pytorch(geometry, channels) -
     ours = conv_bn_chain(x, dw, pw, bn, relu=True)
     ref = torch_chain(x, dw, pw, bn, relu=True)
     assert ours is not None and torch.equal(torch.isnan(ours), torch.isnan(ref)) and torch.isnan(ref).any()
+
+
+def _factorized_reduce_both(monkeypatch, c_in: int, c_out: int, px: int, relu: bool, training: bool):
+    """(native, PyTorch) FactorizedReduce from the same weights and input: output, running statistics,
+    batch count, and in training the gradients of the input and both convs."""
+    import fairdarts.search_space.operations as ops
+    torch.manual_seed(0)
+    ref = ops.FactorizedReduce(c_in, c_out, affine=False, leading_relu=relu).double()
+    x0 = torch.randn(3, c_in, px, px, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    results = []
+    for use_native in (True, False):
+        m = ops.FactorizedReduce(c_in, c_out, affine=False, leading_relu=relu).double()
+        m.load_state_dict(ref.state_dict())
+        m.train(training)
+        if not use_native:
+            monkeypatch.setattr(ops, "factorized_reduce", lambda *args: None)
+        x = x0.clone().requires_grad_(training)
+        with torch.set_grad_enabled(training):
+            y = m(x)
+        out = [y.detach(), *(b.double() for b in m.bn.buffers())]
+        if training:
+            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=y.dtype))
+            out += [x.grad, m.conv_1.weight.grad, m.conv_2.weight.grad]
+        results.append(out)
+        monkeypatch.undo()
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("px", [8, 7], ids=["even", "odd"])
+@pytest.mark.parametrize("c_in,c_out,relu", [(8, 16, True), (6, 4, False)], ids=["vectorised-relu", "scalar-plain"])
+def test_factorized_reduce_equals_its_pytorch_path(monkeypatch, c_in, c_out, relu, px, training) -> None:
+    """The stride-2 skip as two chains: the same output, statistics (the batch counted once) and
+    gradients as the module's two strided convs, concatenation and BatchNorm; odd sizes included."""
+    ours, ref = _factorized_reduce_both(monkeypatch, c_in, c_out, px, relu, training)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) <= 1e-10

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fairdarts.search_space.depthwise import DepthwiseConv2d
-from fairdarts.search_space.native.chain import Stage, conv_bn_chains, stage_supported
+from fairdarts.search_space.native.chain import Stage, conv_bn_chains, factorized_reduce, stage_supported
 
 OpFactory = Callable[[int, int, bool, bool], nn.Module]
 
@@ -149,7 +149,11 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset stride-2 1x1 convs (the stride-2 skip connection)."""
+    """Halve the resolution with two offset stride-2 1x1 convs (the stride-2 skip connection);
+    on the native kernels where they apply (:func:`fairdarts.search_space.native.chain.factorized_reduce`)."""
+
+    #: False: always run the modules (the benchmark's textbook supernet sets it)
+    native: bool = True
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True, leading_relu: bool = True):
         super().__init__()
@@ -161,6 +165,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            y = factorized_reduce(x, self.conv_1.weight, self.conv_2.weight, self.bn, isinstance(self.relu, nn.ReLU))
+            if y is not None:  # the native kernels (search training and validation on the CPU)
+                return y
         x = self.relu(x)
         # Odd sizes: the shifted branch is one pixel smaller; pad it so both halves agree.
         a = _stride2_pointwise(self.conv_1, x)

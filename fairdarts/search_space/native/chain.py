@@ -15,6 +15,7 @@ modules as usual. A backward that must itself be differentiable (``--hessian exa
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import torch
@@ -57,11 +58,16 @@ def stage_supported(stage: Stage) -> bool:
     """The modules of ``stage`` are what the kernels compute (checked once per op: module
     structure does not change)."""
     dw, pw, bn, _ = stage
-    if bn.affine or (bn.track_running_stats and bn.momentum is None):
+    if not _batchnorm_supported(bn):
         return False
     if pw.kernel_size != (1, 1) or pw.stride != (1, 1) or pw.padding != (0, 0) or pw.bias is not None or pw.groups != 1:
         return False
     return dw is None or (dw.groups == dw.in_channels == dw.out_channels and dw.bias is None and _square(dw))
+
+
+def _batchnorm_supported(bn: nn.BatchNorm2d) -> bool:
+    """No affine parameters; running statistics, if any, as an exponential moving average."""
+    return not bn.affine and not (bn.track_running_stats and bn.momentum is None)
 
 
 def runnable(x: Tensor, bn: nn.BatchNorm2d) -> bool:
@@ -225,3 +231,37 @@ def chain_inputs(stages: Sequence[Stage]) -> tuple[tuple, list[Tensor | None]]:
 def conv_bn_chain(x: Tensor, dw: nn.Conv2d | None, pw: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool) -> Tensor | None:
     """One chain ``bn(pw(dw(relu?(x))))``: :func:`conv_bn_chains` with one stage."""
     return conv_bn_chains(x, (Stage(dw, pw, bn, relu),))
+
+
+def factorized_reduce(x: Tensor, w_even: Tensor, w_odd: Tensor, bn: nn.BatchNorm2d, relu: bool) -> Tensor | None:
+    """``bn(cat(conv_even(relu?(x)[::2, ::2]), conv_odd(relu?(x)[1::2, 1::2])))``, the stride-2 skip
+    (:class:`fairdarts.search_space.operations.FactorizedReduce`), as two chains; None where the
+    kernels do not apply. BatchNorm is per channel, so each half of the output is a chain with
+    its own half of the statistics. The subsampling is the chain's depthwise stage with a fixed
+    weight: a 1x1 tap at stride 2 for the even pixels, and for the odd ones a 3x3 tap at stride
+    2 and padding 1 that reads only its last corner (pixel 2i+1; past the edge of an odd-sized
+    input it reads the padding, the zero row and column PyTorch's module pads the odd half with)."""
+    if not (_batchnorm_supported(bn) and runnable(x, bn)):
+        return None
+    half = w_even.shape[0]
+    even, odd = _subsampling_taps(x.shape[1], x.dtype)
+    track = bn.track_running_stats and bn.running_mean is not None
+    momentum = float(bn.momentum) if bn.momentum is not None else 0.0
+    x = x.contiguous(memory_format=CL)
+    halves = []
+    for i, (tap, geometry, w) in enumerate(((even, (1, 2, 0, 1), w_even), (odd, (3, 2, 1, 1), w_odd))):
+        part = slice(i * half, (i + 1) * half)
+        counter = bn.num_batches_tracked if bn.training and i == 0 else None  # one batch, counted once
+        running = (bn.running_mean[part], bn.running_var[part], counter) if track else (None, None, None)
+        spec = (running, geometry, relu, momentum, float(bn.eps), not bn.training)
+        halves.append(_Chains.apply((spec,), x, tap, w.contiguous()))
+    return torch.cat(halves, dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _subsampling_taps(channels: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The fixed depthwise weights of :func:`factorized_reduce`: 1x1 ones, and 3x3 with a one in the last corner."""
+    even = torch.ones(channels, 1, 1, 1, dtype=dtype)
+    odd = torch.zeros(channels, 1, 3, 3, dtype=dtype)
+    odd[:, :, 2, 2] = 1.0
+    return even, odd
