@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.bench_search_step import VARIANTS  # noqa: E402
+from benchmarks.bench_search_step import VARIANTS, parse_variants  # noqa: E402
 from benchmarks.common import machine_meta, sync, write_results  # noqa: E402
 from fairdarts.config import load_config_file  # noqa: E402
 from fairdarts.search.config import SearchConfig  # noqa: E402
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.channels, args.layers, args.px, args.batches, args.steps = 4, 3, 8, "8", 8
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; use {', '.join(VARIANTS)}")
+    variants = parse_variants(args.variants)
     dev = torch.device(args.device)
     if dev.type == "cpu":
         print("CPU: the capture is the eager stand-in (no graph); this checks the script, not the speed")

@@ -76,6 +76,15 @@ def measure(variant: str, batch: int, channels: int, layers: int, px: int, steps
 
 
 
+def parse_variants(text: str) -> list[str]:
+    """The comma list of ``--variants``, each one of :data:`VARIANTS` (else exit with the known ones)."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; use {', '.join(VARIANTS)}")
+    return variants
+
+
 def run_child(args: argparse.Namespace, variant: str, batch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--batch", str(batch), "--channels", str(args.channels),
            "--layers", str(args.layers), "--px", str(args.px), "--steps", str(args.steps),
@@ -124,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.child, args.batch, args.channels, args.layers, args.px, args.steps,
                                  args.warmup, args.device, args.threads)))
         return 0
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; use {', '.join(VARIANTS)}")
+    variants = parse_variants(args.variants)
     rows: list[dict] = []
     for variant in variants:
         for batch in (int(b) for b in args.batches.split(",")):

@@ -117,7 +117,6 @@ class GraphedSearchStep:
         self._replay: Callable[[], None] | None = None
         self._inputs: list[Tensor] = []
         self._outputs: Outputs = ()
-        self._n = 0
 
     def __call__(self, train_batch: Batch, arch_batch: Batch | None) -> StepResult:
         if self.disabled is not None:
@@ -179,7 +178,6 @@ class GraphedSearchStep:
         """The step on the fixed input buffers; its results as a flat tuple of tensors."""
         x, y, *arch = self._inputs
         r = self.step((x, y), (arch[0], arch[1]) if arch else None)
-        self._n = r.n
         return r.loss, r.correct, r.arch.loss, r.arch.ce, r.arch.zero_one
 
     def _result(self) -> StepResult:
@@ -189,7 +187,8 @@ class GraphedSearchStep:
         for guard, value in ((self.step.architect.guard, arch_loss), (self.step.guard, loss)):
             if guard is not None:
                 guard(value)  # a non-finite loss stops the run (DivergenceError), as in the eager step
-        return StepResult(loss, correct, self._n, ArchStepStats(arch_loss, arch_ce, zero_one))
+        n = len(self._inputs[1])  # the training batch's labels: the step never skips in a graph
+        return StepResult(loss, correct, n, ArchStepStats(arch_loss, arch_ce, zero_one))
 
 
 def _flat(train_batch: Batch, arch_batch: Batch | None) -> list[Tensor]:

@@ -131,13 +131,6 @@ def _load() -> ctypes.CDLL:
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, set to PyTorch's current thread count, or None (the reason is logged
     once and kept in :func:`unavailable_reason`)."""
-    lib = _state.get("lib")
-    if lib is not None:
-        threads = torch.get_num_threads()
-        if threads != _state.get("threads"):
-            lib.fairdarts_set_threads(threads)  # type: ignore[attr-defined]
-            _state["threads"] = threads
-        return lib  # type: ignore[return-value]
     if "lib" not in _state:
         try:
             _state["lib"] = _load()
@@ -148,7 +141,13 @@ def library() -> ctypes.CDLL | None:
             logging.getLogger("fairdarts").log(logging.INFO if switched_off else logging.WARNING,
                                                "native CPU kernels unavailable (%s): PyTorch's slower kernels run",
                                                exc)
-    return library() if _state["lib"] is not None else None
+    lib = _state["lib"]
+    if lib is not None:
+        threads = torch.get_num_threads()
+        if threads != _state.get("threads"):
+            lib.fairdarts_set_threads(threads)  # type: ignore[attr-defined]
+            _state["threads"] = threads
+    return lib  # type: ignore[return-value]
 
 
 def unavailable_reason() -> str | None:

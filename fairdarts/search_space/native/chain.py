@@ -74,7 +74,12 @@ def runnable(x: Tensor, bn: nn.BatchNorm2d) -> bool:
     """What may change from call to call: a CPU tensor of a supported dtype; training mode, or
     eval mode on running statistics without gradients (validation); no autocast; kernels loaded."""
     mode_ok = bn.training or (not torch.is_grad_enabled() and bn.track_running_stats and bn.running_mean is not None)
-    return (mode_ok and x.device.type == "cpu" and x.dtype in _SUFFIX and x.dim() == 4
+    return mode_ok and takes(x)
+
+
+def takes(x: Tensor) -> bool:
+    """The kernels can run on ``x``: a 4-d CPU tensor of a supported dtype, no autocast, kernels loaded."""
+    return (x.device.type == "cpu" and x.dtype in _SUFFIX and x.dim() == 4
             and not torch.is_autocast_enabled("cpu") and native.library() is not None)
 
 
@@ -219,13 +224,20 @@ def chain_inputs(stages: Sequence[Stage]) -> tuple[tuple, list[Tensor | None]]:
     weight or None, 1x1 weight) per stage."""
     specs, weights = [], []
     for dw, pw, bn, relu in stages:
-        track = bn.track_running_stats and bn.running_mean is not None
-        running = (bn.running_mean, bn.running_var, bn.num_batches_tracked if bn.training else None) if track \
-            else (None, None, None)
-        momentum = float(bn.momentum) if bn.momentum is not None else 0.0
-        specs.append((running, _geometry(dw), relu, momentum, float(bn.eps), not bn.training))
+        specs.append(_spec(bn, _geometry(dw), relu))
         weights += [None if dw is None else dw.weight.contiguous(), pw.weight.contiguous()]
     return tuple(specs), weights
+
+
+def _spec(bn: nn.BatchNorm2d, geometry: Geometry, relu: bool, channels: slice = slice(None),
+          count_batch: bool = True) -> tuple:
+    """One chain's spec for :class:`_Chains`, normalising ``channels`` of ``bn`` (all of them, or
+    a half of the stride-2 skip's); ``count_batch``: the chain moves the batch counter in training."""
+    track = bn.track_running_stats and bn.running_mean is not None
+    counter = bn.num_batches_tracked if bn.training and count_batch else None
+    running = (bn.running_mean[channels], bn.running_var[channels], counter) if track else (None, None, None)
+    momentum = float(bn.momentum) if bn.momentum is not None else 0.0
+    return running, geometry, relu, momentum, float(bn.eps), not bn.training
 
 
 def conv_bn_chain(x: Tensor, dw: nn.Conv2d | None, pw: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool) -> Tensor | None:
@@ -245,15 +257,10 @@ def factorized_reduce(x: Tensor, w_even: Tensor, w_odd: Tensor, bn: nn.BatchNorm
         return None
     half = w_even.shape[0]
     even, odd = _subsampling_taps(x.shape[1], x.dtype)
-    track = bn.track_running_stats and bn.running_mean is not None
-    momentum = float(bn.momentum) if bn.momentum is not None else 0.0
     x = x.contiguous(memory_format=CL)
     halves = []
     for i, (tap, geometry, w) in enumerate(((even, (1, 2, 0, 1), w_even), (odd, (3, 2, 1, 1), w_odd))):
-        part = slice(i * half, (i + 1) * half)
-        counter = bn.num_batches_tracked if bn.training and i == 0 else None  # one batch, counted once
-        running = (bn.running_mean[part], bn.running_var[part], counter) if track else (None, None, None)
-        spec = (running, geometry, relu, momentum, float(bn.eps), not bn.training)
+        spec = _spec(bn, geometry, relu, slice(i * half, (i + 1) * half), count_batch=i == 0)  # one batch, once
         halves.append(_Chains.apply((spec,), x, tap, w.contiguous()))
     return torch.cat(halves, dim=1)
 

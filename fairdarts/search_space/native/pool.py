@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairdarts.search_space import native
-from fairdarts.search_space.native.chain import CL, _SUFFIX
+from fairdarts.search_space.native.chain import CL, _SUFFIX, takes
 
 
 def pool_supported(pool: nn.Module) -> bool:
@@ -68,8 +68,7 @@ class _Pool(torch.autograd.Function):
 
 def pool3x3(pool: nn.Module, x: Tensor) -> Tensor | None:
     """``pool(x)`` on the kernels, or None where they do not apply."""
-    if not (x.device.type == "cpu" and x.dtype in _SUFFIX and x.dim() == 4 and pool_supported(pool)
-            and not torch.is_autocast_enabled("cpu") and native.library() is not None):
+    if not (pool_supported(pool) and takes(x)):
         return None
     stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
     return _Pool.apply(x.contiguous(memory_format=CL), stride, int(isinstance(pool, nn.AvgPool2d)))
