@@ -23,7 +23,7 @@ no gradient, in the zero-one loss's mean over all entries).
 
 Memory: the supernet keeps every op's expanded activations for the backward pass, about
 six MobileNetV2s' worth. The ops use in-place ReLU6 and each layer sums its gated outputs in
-one running ``addcmul`` (no stack of op outputs); see the README for the measured bytes per
+one running ``addcmul`` (no stack of op outputs); see docs/search_spaces.md for the measured bytes per
 image at 224 px.
 """
 from __future__ import annotations
