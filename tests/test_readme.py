@@ -18,10 +18,16 @@ README together, so a command added to README without a row here fails):
   written, without running; torchrun's part by torchrun's parser. Where the README's comment
   states defaults, the parsed config must hold them.
 * ``help``: ``scripts/download_best_models.py`` (it needs the network) runs with ``--help``.
+
+Commands named inline in the prose (``INLINE``): ``apt-get install ...`` and ``ruff check .`` are
+what ``.ci/run`` runs (checked against it), ``bash .ci/run`` is CI itself, ``tensorboard --logdir
+runs`` is checked by the walkthrough's run (its event files) and the ``tensorboard`` package; the
+console scripts README lists must be those ``pyproject.toml`` installs.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import re
 import runpy
@@ -56,6 +62,17 @@ COVERAGE: list[tuple[str, str]] = [
     ("python -m fairdarts.summary ", "parse"),
     ("python scripts/download_best_models.py", "help"),
 ]
+
+
+#: Commands README names inline, outside code blocks, and the test that covers each.
+INLINE: dict[str, str] = {
+    "apt-get install dataset-fashion-mnist graphviz": "test_inline_commands_are_what_ci_runs",
+    "bash .ci/run": "test_inline_commands_are_what_ci_runs",
+    "ruff check .": "test_inline_commands_are_what_ci_runs",
+    "python -m pytest -q": "test_readme_test_command_is_what_ci_runs",
+    "tensorboard --logdir runs": "test_walkthrough_runs_and_ends_in_the_stated_accuracy_range",
+}
+COMMAND_WORDS = ("python", "pip", "torchrun", "bash", "apt-get", "tensorboard", "ruff", "fairdarts-")
 
 
 def bash_blocks(text: str) -> list[tuple[int, str]]:
@@ -100,6 +117,36 @@ def test_every_readme_command_is_covered():
     unused = [prefix for prefix, _ in COVERAGE if not any(c.startswith(prefix) for c in other)]
     assert not unused, f"COVERAGE rows that match no README command: {unused}"
     assert "parse" in modes.values() and "install" in modes.values()
+
+
+def inline_commands() -> list[str]:
+    """Code spans of README's prose that are commands (a command word, then arguments)."""
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    spans = [" ".join(m.split()) for m in re.findall(r"`([^`]+)`", prose)]
+    return [s for s in spans if " " in s and s.startswith(COMMAND_WORDS)]
+
+
+def test_every_inline_command_is_covered():
+    inline = inline_commands()
+    assert "tensorboard --logdir runs" in inline  # the extraction finds what it should
+    missing = [c for c in inline if c not in INLINE]
+    assert not missing, f"commands named in README's prose without a test: {missing} (add them to INLINE)"
+    assert set(INLINE.values()) <= set(globals())
+
+
+def test_inline_commands_are_what_ci_runs():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.startswith("#!/usr/bin/env bash\n")
+    apt = [line for line in ci.splitlines() if "apt-get install" in line]
+    assert apt and all(re.search(rf"\s{pkg}\b", apt[0]) for pkg in ("graphviz", "dataset-fashion-mnist"))
+    assert "\nruff check .\n" in ci
+
+
+def test_console_scripts_named_in_readme_are_those_installed():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    named = set(re.findall(r"`(fairdarts-[a-z-]+)`", README))
+    assert named == set(scripts)
 
 
 # ----- install, ci, collect, help ----------------------------------------------------------------
@@ -271,6 +318,8 @@ def test_walkthrough_runs_and_ends_in_the_stated_accuracy_range(tmp_path):
         outputs.append(result.stdout)
     log = (runs / "first" / "log.txt").read_text()
     assert "the normal and reduce cells are empty" in log  # what step 3 of the walkthrough says
+    assert list((runs / "first" / "tensorboard").glob("events.out.tfevents.*"))  # `tensorboard --logdir runs`
+    assert importlib.util.find_spec("tensorboard") is not None
     assert (runs / "first" / "plots" / "alpha_normal.png").is_file()
     assert {p.suffix for p in (runs / "cells").iterdir()} >= {".png"}
     m = re.search(r"test: top-1 ([0-9.]+)%.*\((\d+) images", outputs[-1])
