@@ -205,7 +205,7 @@ def test_download_script_named_in_readme_answers_help():
     (command,) = [c for c in other if coverage_of(c) == "help"]
     argv = shlex.split(command)
     result = subprocess.run([sys.executable, *argv[1:], "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     assert "--dest" in result.stdout
 
