@@ -81,10 +81,10 @@ class SearchConfig(RunConfig):
            "w.r.t. all alphas (Lanczos on exact Hessian-vector products; the search is left bit-identical); 0: off",
         low=0)
     hessian_batches: int = field_help(
-        2, "validation batches of the Hessian: the first N of the architecture half, fixed order", low=1)
+        1, "validation batches of the Hessian: the first N of the architecture half, fixed order", low=1)
     hessian_iters: int = field_help(20, "at most N Lanczos iterations (Hessian-vector products) per eigenvalue",
                                     low=1)
-    hessian_tol: float = field_help(1e-3, "stop Lanczos when the eigenvalue's residual is below this share of the "
+    hessian_tol: float = field_help(1e-2, "stop Lanczos when the eigenvalue's residual is below this share of the "
                                     "spectral scale", low=0.0, low_open=True)
     hessian_zero_one: bool = field_help(
         False, "include the zero-one loss (sigmoid gates, --aux_loss_weight) in the Hessian; off: cross entropy "
