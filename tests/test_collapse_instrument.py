@@ -17,9 +17,11 @@ from torch.func import functional_call
 from fairdarts.ablations.cli import main as darts_main
 from fairdarts.errors import UserError
 from fairdarts.reproducibility import capture_rng_state
+from fairdarts.search.architect import ArchObjective
 from fairdarts.search.cli import main as search_main
 from fairdarts.search.collapse import DartsES, EarlyStop, EigenHistory, EigenRecord
 from fairdarts.search.hessian import EigenEstimate, architecture_eigenvalues, lanczos_extremes
+from fairdarts.search.searcher import Searcher
 from fairdarts.search_space import DARTS_PRIMITIVES, Supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,14 +38,10 @@ def _batches(n: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tenso
             for _ in range(n)]
 
 
-def _ce(logits: torch.Tensor, y: torch.Tensor, alphas) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
-
-
-def dense_hessian(model: Supernet, batches, weight_decay: float) -> torch.Tensor:
+def dense_hessian(model: Supernet, batches, weight_decay: float, zero_one: float) -> torch.Tensor:
     """The same loss as a function of one flat alpha vector, differentiated twice by
     ``torch.autograd.functional.hessian`` (not by the instrument's code): mean cross entropy over
-    the batches in training mode, buffers cloned, plus ``wd/2 ||alpha||^2``."""
+    the batches in training mode, buffers cloned, plus ``zero_one * L_01`` and ``wd/2 ||alpha||^2``."""
     names = ["alphas_normal", "alphas_reduce"]
     shapes = [a.shape for a in model.arch_parameters()]
     weights = {n: w.detach() for n, w in model.named_weight_parameters()}
@@ -53,16 +51,19 @@ def dense_hessian(model: Supernet, batches, weight_decay: float) -> torch.Tensor
         total = sum(F.cross_entropy(functional_call(model, {**weights, **parts,
                                                             **{n: b.clone() for n, b in model.named_buffers()}}, (x,)),
                                     y) for x, y in batches)
-        return total / len(batches) + weight_decay / 2 * flat.pow(2).sum()
+        l01 = -(torch.sigmoid(flat) - 0.5).pow(2).mean()
+        return total / len(batches) + zero_one * l01 + weight_decay / 2 * flat.pow(2).sum()
 
     model.train()
     flat = torch.cat([a.detach().flatten() for a in model.arch_parameters()])
     return torch.autograd.functional.hessian(loss, flat)
 
 
-@pytest.mark.parametrize("gate,primitives", [("sigmoid", ("max_pool_3x3", "skip_connect", "sep_conv_3x3")),
-                                             ("softmax", DARTS_PRIMITIVES)])
-def test_eigenvalues_equal_the_dense_hessian_in_float64(gate, primitives):
+@pytest.mark.parametrize("gate,primitives,zero_one", [
+    ("sigmoid", ("max_pool_3x3", "skip_connect", "sep_conv_3x3"), 0.0),
+    ("sigmoid", ("max_pool_3x3", "skip_connect", "sep_conv_3x3"), 10.0),   # --hessian_zero_one
+    ("softmax", DARTS_PRIMITIVES, 0.0)])
+def test_eigenvalues_equal_the_dense_hessian_in_float64(gate, primitives, zero_one):
     torch.manual_seed(0)
     model = Supernet(4, 10, 3, primitives, gate=gate, steps=2, multiplier=2).double()
     with torch.no_grad():  # alphas away from their init, so the Hessian is not special
@@ -74,12 +75,13 @@ def test_eigenvalues_equal_the_dense_hessian_in_float64(gate, primitives):
     rng = capture_rng_state()
 
     n = sum(a.numel() for a in model.arch_parameters())
-    est = architecture_eigenvalues(model, batches, _ce, WD, max_iters=n, tol=1e-13)
+    objective = ArchObjective(zero_one, "l2")  # what the search measures with
+    est = architecture_eigenvalues(model, batches, lambda *a: objective(*a)[0], WD, max_iters=n, tol=1e-13)
 
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics included
     assert torch.equal(capture_rng_state()["torch"], rng["torch"])
-    eig = torch.linalg.eigvalsh(dense_hessian(model, batches, WD))
+    eig = torch.linalg.eigvalsh(dense_hessian(model, batches, WD, zero_one))
     assert est.converged
     assert est.largest == pytest.approx(float(eig[-1]), abs=1e-8)
     assert est.smallest == pytest.approx(float(eig[0]), abs=1e-8)
@@ -169,7 +171,11 @@ def _assert_same(a, b, where: str = "") -> None:
 NOISY = [*TINY, "--noise_darts", "--unrolled"]  # DARTS ops, softmax gates, second order, noisy skips
 
 
-def test_instrument_leaves_the_search_bit_identical_and_survives_resume(tmp_path):
+class _Killed(Exception):
+    """A run killed between two epochs (after its checkpoint)."""
+
+
+def test_instrument_leaves_the_search_bit_identical_and_survives_resume(tmp_path, monkeypatch):
     """The noise ablation draws from the global RNG inside the measured forward passes, and the
     second-order step reads the BatchNorm buffers: both would show any leak."""
     on, off, resumed = tmp_path / "on", tmp_path / "off", tmp_path / "resumed"
@@ -186,9 +192,22 @@ def test_instrument_leaves_the_search_bit_identical_and_survives_resume(tmp_path
     assert (on / "plots" / "hessian_eigen.png").stat().st_size > 0
     assert "hessian eigenvalue" in (on / "log.txt").read_text()
 
-    # Two epochs, then resumed to three: the records of the first two are kept, and the numbers are the same.
-    assert darts_main([*NOISY, "--epochs", "2", "--hessian_every", "1", "--save", str(resumed)]) == 0
-    assert darts_main(["--resume", str(resumed), "--epochs", "3", "--hessian_every", "1"]) == 0
+    # Killed after epoch 1's checkpoint, then resumed: the records of the first two epochs are kept,
+    # and every number is the uninterrupted run's.
+    original = Searcher.end_of_epoch
+
+    def killed_after_epoch_1(self, epoch, *args):
+        genotype = original(self, epoch, *args)
+        if epoch == 1:
+            raise _Killed
+        return genotype
+
+    with monkeypatch.context() as m:
+        m.setattr(Searcher, "end_of_epoch", killed_after_epoch_1)
+        with pytest.raises(_Killed):
+            darts_main([*NOISY, "--epochs", "3", "--hessian_every", "1", "--save", str(resumed)])
+    assert [r["epoch"] for r in _state(resumed)["hessian"]["records"]] == [0, 1]
+    assert darts_main(["--resume", str(resumed), "--hessian_every", "1"]) == 0
     c = _state(resumed)
     for key in ("model", "alpha_history", "rng"):
         _assert_same(a[key], c[key], key)
