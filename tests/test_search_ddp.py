@@ -13,8 +13,8 @@ A second configuration gives the ranks different shards (where per-shard BatchNo
 result differ from one process) and checks only that the ranks stay identical, which fails
 if any gradient, weight or alpha, is not all-reduced. Float64 keeps rounding out of the way.
 The collapse instrument's eigenvalue, measured on each rank's shard with the Hessian-vector
-products averaged over ranks, follows the same argument: equal to one process's in the
-duplicated configurations, and identical on the ranks in all of them.
+products averaged over ranks, follows the same argument (cell space): equal to one process's in
+the duplicated configurations, and identical on the ranks in all of them.
 
 "Exact" means equal up to rounding times the network's condition number: BatchNorm's
 reduction over the ``2N`` values of ``[A; A]`` does not round like the one over ``N`` (about
@@ -99,8 +99,9 @@ def _run(mode: str, unrolled: bool, space: str, dist_ctx) -> dict[str, object]:
         state = torch.cat([p.detach().flatten() for p in model.parameters()])
         total = all_reduce_sum_(state.clone())
         identical &= bool(torch.equal(total, state * world))
-    eigen = _eigenvalue(model, shard[1], dist_ctx)
-    identical &= bool(torch.equal(all_reduce_sum_(torch.tensor([eigen])), torch.tensor([eigen * world])))
+    eigen = _eigenvalue(model, shard[1], dist_ctx) if space == "cell" else None  # S2 at 32 px: minutes more
+    if eigen is not None:
+        identical &= bool(torch.equal(all_reduce_sum_(torch.tensor([eigen])), torch.tensor([eigen * world])))
     return {"alphas": [a.detach().tolist() for a in model.arch_parameters()], "identical": identical,
             "eigenvalue": eigen}
 
@@ -160,7 +161,7 @@ def test_two_processes_match_one_process(runs):
         for a1, a2 in zip(one["results"][name]["alphas"], two["results"][name]["alphas"]):
             assert torch.allclose(torch.tensor(a1), torch.tensor(a2), atol=1e-5, rtol=0), name
         e1, e2 = one["results"][name]["eigenvalue"], two["results"][name]["eigenvalue"]
-        assert abs(e1 - e2) <= 1e-6 * abs(e1), name
+        assert (e1 is None) == (name.endswith("mobile")) and (e1 is None or abs(e1 - e2) <= 1e-6 * abs(e1)), name
         assert torch.tensor(one["results"][name]["alphas"][0]).abs().max() > 0  # the alphas did move
 
 
