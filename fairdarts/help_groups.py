@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 #: Section titles in the order ``--help`` prints them.
-GROUPS: tuple[str, ...] = ("data", "network", "optimisation", "architecture", "run folder", "devices/speed",
-                           "logging", "outputs", "ablations (darts/ only)", "other")
+GROUPS: tuple[str, ...] = ("data", "network", "optimisation", "architecture", "collapse instrument", "run folder",
+                           "devices/speed", "logging", "outputs", "ablations (darts/ only)", "other")
 
 FLAG_GROUPS: dict[str, str] = {
     **dict.fromkeys(("source", "reduce", "data", "dataset", "download", "train_portion", "subset", "test_subset",
@@ -27,6 +27,9 @@ FLAG_GROUPS: dict[str, str] = {
     **dict.fromkeys(("arch_learning_rate", "arch_weight_decay", "arch_beta1", "arch_beta2", "aux_loss_weight",
                      "sep_loss", "unrolled", "hessian", "single_level", "parse_method", "op_threshold"),
                     "architecture"),
+    **dict.fromkeys(("hessian_every", "hessian_batches", "hessian_iters", "hessian_tol", "hessian_zero_one",
+                     "early_stop_eigen", "early_stop_window", "early_stop_delta", "early_stop_factor",
+                     "early_stop_start"), "collapse instrument"),
     **dict.fromkeys(("save", "resume"), "run folder"),
     **dict.fromkeys(("device", "threads", "workers", "amp", "amp_dtype", "channels_last", "compile", "sync_bn"),
                     "devices/speed"),

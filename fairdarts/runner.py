@@ -83,6 +83,8 @@ class EpochRun(Generic[C]):
     def run(self) -> Any:
         scheduler = self.make_scheduler(self.start_epoch)
         for epoch in range(self.start_epoch, self.epochs):
+            if self.stopped():
+                break
             self.run_epoch(epoch, scheduler)
         result = self.finish()
         self.writer.close()
@@ -104,6 +106,11 @@ class EpochRun(Generic[C]):
     def finish(self) -> Any:
         """What the run leaves after its last epoch; returned by :meth:`run`."""
         raise NotImplementedError
+
+    def stopped(self) -> bool:
+        """True when the run ends before ``epochs`` (the search's early stop); checked before
+        every epoch, so a resumed run that had stopped runs no further epoch."""
+        return False
 
     # ----- checkpoint ----------------------------------------------------------------------
     def state_dict(self, epochs_done: int, *args: Any) -> dict[str, Any]:

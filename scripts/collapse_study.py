@@ -15,9 +15,11 @@ each search (the ones read here), ``runs/<LABEL>/`` the full search folders (git
 ``retrain/`` the retrained genotypes and their logs (the run folders under it git-ignored).
 
 Everything is computed from each run folder's ``alpha_history.npz`` (gate values per epoch),
-``config.yaml`` and ``log.txt``. Epochs are numbered from 1 (the npz ``epochs`` + 1). Per
-epoch, the normal cell is derived with the DARTS rule (2 strongest inputs per node, strongest
-op, ``none`` never chosen) for all three runs, so that skips are counted the same way.
+``config.yaml``, ``log.txt`` and, for searches run with ``--hessian_every`` (the collapse
+instrument, ``docs/collapse_instrument.md``), ``hessian_eigen.json``. Epochs are numbered from 1
+(the npz ``epochs`` + 1). Per epoch, the normal cell is derived with the DARTS rule (2 strongest
+inputs per node, strongest op, ``none`` never chosen) for all three runs, so that skips are
+counted the same way.
 
     python scripts/collapse_study.py run --dataset fashion_mnist --data /usr/share/datasets/fashion-mnist \\
         --subset 4096 --image_size 16 --init_channels 8 --layers 5 --batch_size 32 --epochs 50 \\
@@ -49,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fairdarts.errors import CLIParser, UserError, run_cli  # noqa: E402
+from fairdarts.search.collapse import EIGEN_FILE  # noqa: E402
 from fairdarts.search.spaces import CellSpace  # noqa: E402
 from fairdarts.search_space import Genotype, derive, resolve_primitives  # noqa: E402
 from fairdarts.visualize import render_genotype  # noqa: E402
@@ -75,6 +78,7 @@ class Run:
     gated_normal: np.ndarray    # [E, 14, n_ops]
     gated_reduce: np.ndarray    # [E, 14, n_ops]
     log: list[str]
+    eigen: dict | None = None   # hessian_eigen.json, when the search ran the collapse instrument
 
     @property
     def gate(self) -> str:
@@ -102,6 +106,16 @@ class Run:
         space = CellSpace(self.primitives)
         return space.derive((self.gated_normal[-1], self.gated_reduce[-1]), rule,
                             float(self.config.get("op_threshold", GATE_PASSED)))
+
+    def eigen_summary(self) -> dict | None:
+        """The Hessian eigenvalue records (epochs from 1) and the early stop, if the run has them."""
+        if not self.eigen or not self.eigen["records"]:
+            return None
+        records = self.eigen["records"]
+        return {"epochs": [r["epoch"] + 1 for r in records], "largest": [r["largest"] for r in records],
+                "smallest": [r["smallest"] for r in records], "iterations": [r["iterations"] for r in records],
+                "converged": [r["converged"] for r in records], "batches": [r["batches"] for r in records],
+                "early_stop": self.eigen.get("early_stop")}
 
     def steps_per_epoch(self) -> tuple[list[int] | None, str]:
         """Search steps (one architecture step each) of every epoch, and where they come from.
@@ -144,7 +158,8 @@ def load_run(label: str, folder: Path) -> Run:
     log = folder / "log.txt"
     lines = log.read_text().splitlines() if log.is_file() else []
     primitives = resolve_primitives(cfg.get("primitives", "fairdarts"))
-    return Run(label, folder, cfg, primitives, epochs, normal, reduce, lines)
+    eigen = json.loads((folder / EIGEN_FILE).read_text()) if (folder / EIGEN_FILE).is_file() else None
+    return Run(label, folder, cfg, primitives, epochs, normal, reduce, lines, eigen)
 
 
 def parse_run_specs(specs: list[str]) -> list[Run]:
@@ -171,6 +186,9 @@ def run_summary(run: Run, out: Path) -> dict:
         "genotypes": {rule: run.genotype(rule).to_dict() for rule in RULES},
         "wall_seconds": log_span(run.log),
     }
+    eigen = run.eigen_summary()
+    if eigen is not None:
+        s["hessian_eigen"] = eigen
     if run.gate == "sigmoid":
         per_epoch = run.polarised_share_per_epoch()
         s |= {"polarised_share": per_epoch[-1], "polarised_share_per_epoch": per_epoch,
@@ -242,6 +260,27 @@ def plot_gate_heatmaps(runs: list[Run], out: Path, bins: int = 20) -> Path:
     return _save(fig, out / "gate_heatmap.png")
 
 
+def plot_eigenvalues(runs: list[Run], out: Path) -> Path | None:
+    """The largest Hessian eigenvalue per epoch of every run that recorded it (RobustDARTS' curve)."""
+    from matplotlib.figure import Figure
+
+    recorded = [(r, r.eigen_summary()) for r in runs if r.eigen_summary() is not None]
+    if not recorded:
+        return None
+    fig = Figure(figsize=(5.5, 3.4), dpi=100)
+    ax = fig.subplots()
+    for r, e in recorded:
+        ax.plot(e["epochs"], e["largest"], marker="o", markersize=3, label=r.label)
+        if e["early_stop"]:
+            ax.axvline(e["early_stop"]["stopped_after"] + 1, linestyle=":", color=ax.lines[-1].get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("largest eigenvalue")
+    ax.legend()
+    ax.set_title("Architecture Hessian of the validation loss")
+    fig.tight_layout()
+    return _save(fig, out / "hessian_eigen.png")
+
+
 def snapshot_epochs(n: int, count: int = 5) -> list[int]:
     """Up to ``count`` epoch indices spread from the first to the last."""
     return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)}) if n > 1 else [0]
@@ -311,10 +350,30 @@ def per_epoch_table(runs: list[Run], summary: dict) -> list[str]:
         if "polarised_share_per_epoch" in summary["runs"][r.label]:
             shares = summary["runs"][r.label]["polarised_share_per_epoch"]
             cols.append((f"{r.label} polarised", [f"{v:.1%}" for v in shares]))
+        eigen = summary["runs"][r.label].get("hessian_eigen")
+        if eigen is not None:
+            by_epoch = dict(zip(eigen["epochs"], eigen["largest"]))
+            cols.append((f"{r.label} eigenvalue", [f"{by_epoch[e + 1]:.4g}" if e + 1 in by_epoch else ""
+                                                   for e in range(n)]))
     lines = ["| epoch | " + " | ".join(c[0] for c in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
     for e in range(n):
         lines.append(f"| {e + 1} | " + " | ".join(str(c[1][e]) if e < len(c[1]) else "" for c in cols) + " |")
     return lines
+
+
+def eigen_section(runs: list[Run], summary: dict, plot: Path) -> list[str]:
+    """The collapse instrument's curve and, per run, where the DARTS-ES rule stopped it."""
+    lines = ["## Dominant eigenvalue of the architecture Hessian (RobustDARTS)", "",
+             "Largest algebraic eigenvalue of the Hessian of the validation cross entropy with respect to all "
+             "alphas, recorded by the search (`--hessian_every`); it grows as a DARTS search degrades. "
+             "Values per epoch: the table below.", "", f"![hessian eigenvalue]({plot.name})", ""]
+    for r in runs:
+        e = summary["runs"][r.label].get("hessian_eigen")
+        if e is not None and e["early_stop"]:
+            stop = e["early_stop"]
+            lines.append(f"* {r.label}: DARTS-ES stopped the search after epoch {stop['stopped_after'] + 1} "
+                         f"(local average x{stop['ratio']:.2f}); genotype of epoch {stop['genotype_epoch'] + 1}")
+    return lines + [""]
 
 
 def cell_section(runs: list[Run], out: Path) -> list[str]:
@@ -349,6 +408,7 @@ def report(runs: list[Run], out: Path) -> Path:
     skips = plot_skips(runs, out)
     heat = plot_gate_heatmaps(runs, out)
     hists = [plot_gate_histograms(r, out) for r in runs]
+    eigen = plot_eigenvalues(runs, out)
     body = ["# Collapse study", "",
             "Generated by `scripts/collapse_study.py` from the run folders; every number is in "
             "`summary.json` and recomputable from each run's `alpha_history.npz`. Epochs count from 1. "
@@ -359,6 +419,7 @@ def report(runs: list[Run], out: Path) -> Path:
             "## Skip connections per epoch", "", f"![skip connections]({skips.name})", "",
             "## Gate values per epoch (Figure 1 of the Fair DARTS paper)", "", f"![gate heat map]({heat.name})", "",
             *[f"![{p.stem}]({p.name})" for p in hists], "",
+            *(eigen_section(runs, summary, eigen) if eigen else []),
             "## Per epoch", "", *per_epoch_table(runs, summary), "",
             "## Final cells and derived genotypes", "", *cell_section(runs, out)]
     path = out / "report.md"
@@ -465,7 +526,7 @@ def search_command(label: str, args: argparse.Namespace, save: Path) -> list[str
            "--seed", str(args.seed), "--init_channels", str(args.init_channels), "--layers", str(args.layers),
            "--batch_size", str(args.batch_size), "--device", args.device, "--threads", "1", "--no-progress",
            "--plot_every", str(args.epochs)]  # the alpha plots once, at the end: seconds per drawing
-    for key in ("subset", "image_size", "max_steps_per_epoch"):
+    for key in ("subset", "image_size", "max_steps_per_epoch", "hessian_every"):
         if getattr(args, key) is not None:
             cmd += [f"--{key}", str(getattr(args, key))]
     # A finished run is kept, a killed one resumed from its checkpoint, a new one started.
@@ -473,6 +534,7 @@ def search_command(label: str, args: argparse.Namespace, save: Path) -> list[str
 
 
 SMALL_ARTEFACTS = ("alpha_history.npz", "config.yaml", "log.txt", "genotype.json")
+OPTIONAL_ARTEFACTS = (EIGEN_FILE,)   # only searches with the collapse instrument on write it
 
 
 def keep_small_artefacts(run_dir: Path, dest: Path) -> Path:
@@ -481,6 +543,9 @@ def keep_small_artefacts(run_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in SMALL_ARTEFACTS:
         shutil.copyfile(run_dir / name, dest / name)
+    for name in OPTIONAL_ARTEFACTS:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, dest / name)
     return dest
 
 
@@ -539,6 +604,9 @@ def build_parser() -> CLIParser:
     run.add_argument("--max_steps_per_epoch", type=int, default=None,
                      help="cap the search steps of every epoch (smoke runs; default: no cap)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--hessian_every", type=int, default=None,
+                     help="record the largest eigenvalue of the architecture Hessian every N epochs in each search "
+                          "(the collapse instrument; also when a search resumes; default: off)")
     run.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                      help="retrain the derived genotypes afterwards (default: off)")
     run.add_argument("--out", type=Path, default=Path("reports/collapse_long"),

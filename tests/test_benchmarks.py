@@ -78,3 +78,16 @@ def test_cuda_graphs_quick_on_the_cpu_stand_in_equals_eager(tmp_path: Path, caps
         assert r["capture"] == "run_eagerly" and r["captures"] == 1 and r["replays"] == r["steps"] - 4
         assert r["max_abs_alpha_diff"] == r["max_abs_weight_diff"] == r["max_abs_loss_diff"] == 0.0
     assert "checks the script, not the speed" in capsys.readouterr().out
+
+
+def test_hessian_eigen_quick_reports_the_share_of_an_epoch(tmp_path: Path, capsys) -> None:
+    from benchmarks import bench_hessian_eigen
+
+    out = tmp_path / "eigen.json"
+    assert bench_hessian_eigen.main(["--quick", "--hessian-batches", "1", "--steps", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["size"] == "quick" and row["hessian_batches"] == 1 and 1 <= row["iterations"] <= row["hessian_iters"]
+    assert row["share_of_epoch"] == row["eigen_s"] / (row["step_s"] * row["steps_per_epoch"])
+    # The default tolerance bounds the error by 1e-2 of the spectral scale; the reference is converged.
+    assert row["reference_iterations"] >= row["iterations"] and row["rel_error_vs_reference"] < 1e-2
+    assert "share" in capsys.readouterr().out

@@ -49,10 +49,17 @@ def recompute(run: Path, summary: dict) -> None:
         assert summary["first_epoch_gate_above_0_85"] == (int(h["epochs"][above[0]]) + 1 if len(above) else None)
     else:
         assert "polarised_share" not in summary
+    eigen = run / "hessian_eigen.json"
+    if eigen.is_file():
+        records = json.loads(eigen.read_text())["records"]
+        assert summary["hessian_eigen"]["epochs"] == [r["epoch"] + 1 for r in records]
+        assert summary["hessian_eigen"]["largest"] == [r["largest"] for r in records]
+    else:
+        assert "hessian_eigen" not in summary
 
 
 # ----- fabricated run folders -------------------------------------------------------------------
-def fake_run(folder: Path, gate: str, epochs: int, seed: int, log: bool = True) -> Path:
+def fake_run(folder: Path, gate: str, epochs: int, seed: int, log: bool = True, eigen_every: int = 0) -> Path:
     """A run folder with gates drifting to 0/1 (sigmoid) or random softmax rows, as a search writes it."""
     rng = np.random.default_rng(seed)
     n_ops = 7 if gate == "sigmoid" else 8
@@ -70,12 +77,17 @@ def fake_run(folder: Path, gate: str, epochs: int, seed: int, log: bool = True) 
         (folder / "log.txt").write_text("".join(
             f"2026-12-02 06:{e:02d}:00 epoch {e} train_acc 10.00 train_loss 2.3 valid_acc 10.00 valid_loss 2.3 "
             f"arch_loss 2.3 zero_one 1.0e-03 ({5 + e} steps, 1.0 s)\n" for e in range(epochs)))
+    if eigen_every:
+        records = [{"epoch": e, "largest": 0.1 * (1 + e) ** 1.5, "smallest": -0.01 * e, "iterations": 9,
+                    "converged": True, "batches": 1} for e in range(0, epochs, eigen_every)]
+        (folder / "hessian_eigen.json").write_text(json.dumps(
+            {"records": records, "early_stop": {"stopped_after": 4, "genotype_epoch": 0, "ratio": 1.5}}))
     return folder
 
 
 @pytest.fixture
 def fake_study(tmp_path):
-    runs = {"DARTS": fake_run(tmp_path / "a", "softmax", 6, 0),
+    runs = {"DARTS": fake_run(tmp_path / "a", "softmax", 6, 0, eigen_every=2),
             "FairDARTS": fake_run(tmp_path / "b", "sigmoid", 6, 1, log=False)}
     out = tmp_path / "study"
     assert study["main"](["report", "--runs", *(f"{k}={v}" for k, v in runs.items()), "--out", str(out)]) == 0
@@ -114,6 +126,24 @@ def test_report_is_made_from_the_data(fake_study):
     for rule in ("threshold_sparse", "darts"):
         assert f"* {rule}: `Genotype(" in text
     assert "Hardware: not recorded" in text and "not retrained" in text
+    # The collapse instrument's records (DARTS only): a curve, a column and the early stop.
+    assert (out / "hessian_eigen.png").stat().st_size > 0 and "(hessian_eigen.png)" in text
+    assert "| DARTS skips | DARTS eigenvalue | FairDARTS skips |" in text
+    assert f"| 3 | {summary['DARTS']['skips_per_epoch'][2]} | {0.1 * 3 ** 1.5:.4g} |" in text
+    assert "DARTS-ES stopped the search after epoch 5 (local average x1.50); genotype of epoch 1" in text
+
+
+def test_run_passes_hessian_every_to_new_and_resumed_searches(tmp_path):
+    args = study["build_parser"]().parse_args(["run", "--hessian_every", "2", "--out", str(tmp_path)])
+    fresh = study["search_command"]("DARTS", args, tmp_path / "new")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pt").write_bytes(b"")
+    resumed = study["search_command"]("FairDARTS", args, tmp_path / "old")
+    for cmd in (fresh, resumed):
+        assert cmd[cmd.index("--hessian_every") + 1] == "2"
+    assert "--resume" in resumed and "--save" in fresh
+    plain = study["build_parser"]().parse_args(["run", "--out", str(tmp_path)])
+    assert "--hessian_every" not in study["search_command"]("DARTS", plain, tmp_path / "new")
 
 
 def test_report_rejects_what_is_not_a_run_folder(tmp_path):

@@ -23,7 +23,10 @@ def test_search_and_train_configs_share_the_run_fields():
     shared = {f.name for f in dataclasses.fields(RunConfig)}
     for cls in (SearchConfig, TrainConfig):
         assert issubclass(cls, RunConfig) and shared <= {f.name for f in dataclasses.fields(cls)}
-    assert SEARCH_OVERRIDABLE == RESUME_OVERRIDABLE | {"plot_every", "cuda_graphs"}
+    assert SEARCH_OVERRIDABLE == RESUME_OVERRIDABLE | {
+        "plot_every", "cuda_graphs", "hessian_every", "hessian_batches", "hessian_iters", "hessian_tol",
+        "hessian_zero_one", "early_stop_eigen", "early_stop_window", "early_stop_delta", "early_stop_factor",
+        "early_stop_start"}
     # redefined fields keep their own command's default and range
     assert (SearchConfig().seed, TrainConfig().seed, SearchConfig().cutout, TrainConfig().cutout) == (2, 0, False, True)
     with pytest.raises(UserError, match="--download is not available"):

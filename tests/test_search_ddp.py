@@ -12,6 +12,9 @@ equal the average of the shard gradients that the ranks all-reduce, first and se
 A second configuration gives the ranks different shards (where per-shard BatchNorm makes the
 result differ from one process) and checks only that the ranks stay identical, which fails
 if any gradient, weight or alpha, is not all-reduced. Float64 keeps rounding out of the way.
+The collapse instrument's eigenvalue, measured on each rank's shard with the Hessian-vector
+products averaged over ranks, follows the same argument (cell space): equal to one process's in
+the duplicated configurations, and identical on the ranks in all of them.
 
 "Exact" means equal up to rounding times the network's condition number: BatchNorm's
 reduction over the ``2N`` values of ``[A; A]`` does not round like the one over ``N`` (about
@@ -60,6 +63,19 @@ def _global_batch(g: torch.Generator, duplicated: bool, world: int, pixels: int)
     return x, y
 
 
+def _eigenvalue(model, shard, dist_ctx) -> float:
+    """The instrument's largest eigenvalue on this rank's shard, products averaged over ranks
+    (10 Lanczos steps, no early exit: the same arithmetic on every rank)."""
+    import torch.nn.functional as F
+
+    from fairdarts.distributed import all_reduce_mean_
+    from fairdarts.search.hessian import architecture_eigenvalues
+
+    reduce = all_reduce_mean_ if dist_ctx.is_distributed else None
+    return architecture_eigenvalues(model, [shard], lambda logits, y, a: F.cross_entropy(logits, y), 1e-3,
+                                    max_iters=10, tol=1e-300, reduce=reduce).largest
+
+
 def _run(mode: str, unrolled: bool, space: str, dist_ctx) -> dict[str, object]:
     from fairdarts.distributed import all_reduce_sum_
     from fairdarts.reproducibility import seed_everything
@@ -83,7 +99,11 @@ def _run(mode: str, unrolled: bool, space: str, dist_ctx) -> dict[str, object]:
         state = torch.cat([p.detach().flatten() for p in model.parameters()])
         total = all_reduce_sum_(state.clone())
         identical &= bool(torch.equal(total, state * world))
-    return {"alphas": [a.detach().tolist() for a in model.arch_parameters()], "identical": identical}
+    eigen = _eigenvalue(model, shard[1], dist_ctx) if space == "cell" else None  # S2 at 32 px: minutes more
+    if eigen is not None:
+        identical &= bool(torch.equal(all_reduce_sum_(torch.tensor([eigen])), torch.tensor([eigen * world])))
+    return {"alphas": [a.detach().tolist() for a in model.arch_parameters()], "identical": identical,
+            "eigenvalue": eigen}
 
 
 def worker(out: Path) -> None:
@@ -140,6 +160,8 @@ def test_two_processes_match_one_process(runs):
     for name in ("duplicated-1st-cell", "duplicated-2nd-cell", "duplicated-1st-mobile"):
         for a1, a2 in zip(one["results"][name]["alphas"], two["results"][name]["alphas"]):
             assert torch.allclose(torch.tensor(a1), torch.tensor(a2), atol=1e-5, rtol=0), name
+        e1, e2 = one["results"][name]["eigenvalue"], two["results"][name]["eigenvalue"]
+        assert (e1 is None) == (name.endswith("mobile")) and (e1 is None or abs(e1 - e2) <= 1e-6 * abs(e1)), name
         assert torch.tensor(one["results"][name]["alphas"][0]).abs().max() > 0  # the alphas did move
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.ablations.noise import add_skip_noise, noise_scale, set_noise_scale
@@ -42,9 +45,9 @@ class DartsSearcher(Searcher):
             self.log.info("epoch %d noise scale %.4f", epoch, scale)
         return super().train_one_epoch(epoch, lr)
 
-    def current_genotype(self) -> Genotype:
+    def genotype_of(self, gates: Sequence[np.ndarray]) -> Genotype:
         """With ``--reweight``, the DARTS genotype in the ``[op, from, weight]`` form."""
         if not self.cfg.reweight:
-            return super().current_genotype()
-        normal, reduce = (w.detach().cpu().numpy() for w in self.model.gated_weights())
+            return super().genotype_of(gates)
+        normal, reduce = gates
         return reweight_genotype(normal, reduce, self.primitives)

@@ -5,7 +5,8 @@ Every flag is a field of :class:`fairdarts.search.config.SearchConfig` (official
 ``--config FILE`` loads a YAML preset that flags override. ``--resume RUN`` reloads the run's
 saved ``config.yaml``; only flags that do not change what is computed (``--epochs`` to extend
 the run, ``--device``, ``--workers``, ``--report_freq``, ``--data``, ``--download``,
-``--progress``, ``--threads``, ``--plot_every``) may be given with it. The command flow is
+``--progress``, ``--threads``, ``--plot_every``, and the collapse instrument's ``--hessian_*`` and
+``--early_stop_*``) may be given with it. The command flow is
 :func:`fairdarts.runner.run_command`'s.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
 from fairdarts.run_config import RESUME_OVERRIDABLE as RUN_OVERRIDABLE, RunConfig
 from fairdarts.search.architect import HESSIAN_MODES
+from fairdarts.search.collapse import DartsES
 from fairdarts.search.losses import SEP_LOSSES
 from fairdarts.search.spaces import ALIASES, space_of
 from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primitives
@@ -21,7 +22,12 @@ from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primi
 SEARCH_DATASETS = tuple(d for d in DATASET_CHOICES if d != "imagenet")
 
 #: Flags that may change when a run is resumed: none of them alters what the search computes.
-RESUME_OVERRIDABLE: frozenset[str] = RUN_OVERRIDABLE | {"plot_every", "cuda_graphs"}
+#: The collapse instrument measures without changing the search, and the early-stop rule only decides
+#: where a run ends (as ``--epochs`` does): both may be switched on or retuned part way through a run.
+INSTRUMENT_FLAGS: frozenset[str] = frozenset(
+    {"hessian_every", "hessian_batches", "hessian_iters", "hessian_tol", "hessian_zero_one", "early_stop_eigen",
+     "early_stop_window", "early_stop_delta", "early_stop_factor", "early_stop_start"})
+RESUME_OVERRIDABLE: frozenset[str] = RUN_OVERRIDABLE | {"plot_every", "cuda_graphs"} | INSTRUMENT_FLAGS
 
 
 @dataclass
@@ -69,6 +75,29 @@ class SearchConfig(RunConfig):
         None, "how a genotype is derived from the gates (default: threshold_sparse for cell, threshold for mobile)",
         choices=METHODS + MOBILE_METHODS)
     op_threshold: float = field_help(0.85, "gate threshold of the threshold_* parse methods", low=0.0, high=1.0)
+    # ----- collapse instrument (RobustDARTS) ---------------------------------------------
+    hessian_every: int = field_help(
+        0, "every N epochs (and after the last) log the largest eigenvalue of the Hessian of the validation loss "
+           "w.r.t. all alphas (Lanczos on exact Hessian-vector products; the search is left bit-identical); 0: off",
+        low=0)
+    hessian_batches: int = field_help(
+        1, "validation batches of the Hessian: the first N of the architecture half, fixed order", low=1)
+    hessian_iters: int = field_help(20, "at most N Lanczos iterations (Hessian-vector products) per eigenvalue",
+                                    low=1)
+    hessian_tol: float = field_help(1e-2, "stop Lanczos when the eigenvalue's residual is below this share of the "
+                                    "spectral scale", low=0.0, low_open=True)
+    hessian_zero_one: bool = field_help(
+        False, "include the zero-one loss (sigmoid gates, --aux_loss_weight) in the Hessian; off: cross entropy "
+               "alone, as RobustDARTS")
+    early_stop_eigen: bool = field_help(
+        False, "stop the search by RobustDARTS' DARTS-ES rule on the eigenvalue records (needs --hessian_every; "
+               "the paper records every 2 epochs) and keep the genotype of the epoch it designates")
+    early_stop_window: int = field_help(5, "DARTS-ES: records in the local average of the eigenvalue", low=1)
+    early_stop_delta: int = field_help(4, "DARTS-ES: compare with the local average this many records earlier",
+                                       low=1)
+    early_stop_factor: float = field_help(1.3, "DARTS-ES: stop when the local average grew by more than this factor",
+                                          low=0.0, low_open=True)
+    early_stop_start: int = field_help(10, "DARTS-ES: never return a genotype of an epoch before this one", low=0)
     # ----- run -------------------------------------------------------------------------
     seed: int = field_help(2, "random seed (weights, alphas, data split order, augmentation)", low=0, high=SEED_MAX)
     save: str | None = field_help(None, "run folder (default runs/search-<timestamp>)")
@@ -92,6 +121,9 @@ class SearchConfig(RunConfig):
                             "(mb_k{3,5,7}_e{3,6}, and skip with --mobile_skip)")
         if self.unrolled and self.single_level:
             raise UserError("--unrolled and --single_level exclude each other: single level has no validation batch")
+        if self.early_stop_eigen and not self.hessian_every:
+            raise UserError("--early_stop_eigen needs the eigenvalue records: add --hessian_every N "
+                            "(RobustDARTS: 2)")
         if self.learning_rate_min > self.learning_rate:
             raise UserError(f"--learning_rate_min ({self.learning_rate_min}) "
                             f"exceeds --learning_rate ({self.learning_rate})")
@@ -101,6 +133,13 @@ class SearchConfig(RunConfig):
     def method(self) -> str:
         """The parse method: the one given, else the search space's default."""
         return self.parse_method or space_of(self).default_method
+
+    @property
+    def early_stop_rule(self) -> DartsES | None:
+        """The DARTS-ES rule with this run's parameters, or None when it is off."""
+        if not self.early_stop_eigen:
+            return None
+        return DartsES(self.early_stop_window, self.early_stop_delta, self.early_stop_factor, self.early_stop_start)
 
     @property
     def zero_one_weight(self) -> float:

@@ -6,7 +6,11 @@ The epoch loop, the schedule replay and the checkpoint checks of resume are
 Per epoch: search steps over the weight half (each an architecture step on the next batch of
 a persistent iterator over the architecture half, then a weight step), validation on the
 architecture half (eval mode, no augmentation; reported as valid acc like the official code),
-the derived genotype, the alpha history, plots, and an atomic ``checkpoint.pt``.
+the derived genotype, the alpha history, plots, and an atomic ``checkpoint.pt``. With
+``--hessian_every`` the collapse instrument measures the architecture Hessian's largest eigenvalue
+after validation (:mod:`fairdarts.search.hessian`, records in :mod:`fairdarts.search.collapse`);
+with ``--early_stop_eigen`` its rule may end the search early, handing back the genotype of an
+earlier epoch.
 
 The cosine schedule is stepped *after* each epoch (the official code steps it before, which
 shifts it by one epoch on current PyTorch); see :func:`fairdarts.search.loop.make_scheduler`.
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,8 +39,10 @@ from fairdarts.run_dir import progress
 from fairdarts.runner import EpochRun
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
+from fairdarts.search.collapse import EIGEN_FILE, PLOT_FILE, EigenHistory, EigenRecord
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.graphed import graphed_or_eager
+from fairdarts.search.hessian import Batch, architecture_eigenvalues
 from fairdarts.search.loop import EpochStats, SearchStep, make_scheduler, train_epoch, validate, weight_optimizer
 from fairdarts.search.spaces import SearchSupernet, gate_arrays, space_of
 from fairdarts.search_space import Genotype, MobileGenotype, native
@@ -51,6 +58,7 @@ class SearchData:
     valid: Iterable               # the architecture half, no augmentation, fixed order
     num_classes: int
     in_channels: int
+    probe: Iterable               # the first --hessian_batches batches of ``valid``: the Hessian's data
 
 
 def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
@@ -73,7 +81,11 @@ def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
                         augment=BatchAugment(info.mean, info.std, cutout_length=cutout), **kw)
     arch = make_loader(data, a_idx, shuffle=True, seed=cfg.seed + 1, augment=BatchAugment(info.mean, info.std), **kw)
     valid = make_loader(data, a_idx, shuffle=False, seed=cfg.seed, **kw)
-    return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels)
+    # the Hessian's batches: whole ones where the half allows (BatchNorm cannot normalise one image)
+    probe_idx = a_idx[:cfg.hessian_batches * cfg.batch_size]
+    probe = make_loader(data, probe_idx, shuffle=False, seed=cfg.seed, drop_last=len(probe_idx) >= cfg.batch_size,
+                        **kw)
+    return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels, probe)
 
 
 # ----- model and optimizers -----------------------------------------------------------------
@@ -126,6 +138,8 @@ class Searcher(EpochRun[SearchConfig]):
         self.step = build_step(cfg, self.model, dist, self.guard)
         self.run_step = graphed_or_eager(self.step, cfg.cuda_graphs, dist.device, cfg.skip_nonfinite, logger)
         self.history = AlphaHistory(self.space.groups)
+        self.eigen = EigenHistory()
+        self._probe: list[Batch] | None = None
         if dist.device.type == "cpu":
             logger.info("native CPU kernels: %s", native.status())
 
@@ -140,6 +154,7 @@ class Searcher(EpochRun[SearchConfig]):
             "arch_batches": self.data.arch.state_dict(),
             "rng": capture_rng_state(),
             "alpha_history": self.history.state_dict(),
+            "hessian": self.eigen.state_dict(),
             "config": dataclasses.asdict(self.cfg),
             "genotype": genotype.to_dict(),
         }
@@ -152,6 +167,7 @@ class Searcher(EpochRun[SearchConfig]):
     def load_progress(self, state: dict[str, Any]) -> None:
         self.data.arch.load_state_dict(state["arch_batches"])
         self.history = AlphaHistory.from_state_dict(state["alpha_history"])
+        self.eigen = EigenHistory.from_state_dict(state.get("hessian"))  # absent before the instrument
 
     # ----- loop ----------------------------------------------------------------------------
     def make_scheduler(self, start_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -163,6 +179,8 @@ class Searcher(EpochRun[SearchConfig]):
         t0 = time.perf_counter()
         stats = self.train_one_epoch(epoch, lr)
         valid_loss, valid_acc = self.validate()
+        if self.hessian_due(epoch):
+            self.measure_collapse(epoch)
         self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
         scheduler.step()
 
@@ -192,8 +210,54 @@ class Searcher(EpochRun[SearchConfig]):
         loss_sum, correct, n = sums.tolist()
         return (loss_sum / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
 
+    def genotype_of(self, gates: Sequence[np.ndarray]) -> Genotype | MobileGenotype:
+        """The genotype the run's parse method derives from gate values (one array per group)."""
+        return self.space.derive(gates, self.cfg.method, self.cfg.op_threshold)
+
     def current_genotype(self) -> Genotype | MobileGenotype:
-        return self.space.derive(gate_arrays(self.model), self.cfg.method, self.cfg.op_threshold)
+        return self.genotype_of(gate_arrays(self.model))
+
+    # ----- collapse instrument -------------------------------------------------------------
+    def hessian_due(self, epoch: int) -> bool:
+        """Every ``--hessian_every`` epochs from epoch 0, and after the last (as RobustDARTS)."""
+        every = self.cfg.hessian_every
+        return every > 0 and (epoch % every == 0 or epoch == self.epochs - 1)
+
+    def measure_collapse(self, epoch: int) -> None:
+        """Record the Hessian's eigenvalues after ``epoch``; then apply the early-stop rule
+        (never after the last epoch). Every rank measures on its own batches with the products
+        averaged over ranks, so all ranks hold the same numbers and take the same decision."""
+        cfg = self.cfg
+        if self._probe is None:
+            self._probe = list(self.data.probe)
+        weight = cfg.zero_one_weight if cfg.hessian_zero_one else 0.0
+        objective = ArchObjective(weight, cfg.sep_loss)
+        t0 = time.perf_counter()
+        estimate = architecture_eigenvalues(self.model, self._probe, lambda *a: objective(*a)[0],
+                                            cfg.arch_weight_decay, cfg.hessian_iters, cfg.hessian_tol,
+                                            all_reduce_mean_ if self.dist.is_distributed else None)
+        self.eigen.records.append(EigenRecord.of(epoch, estimate, len(self._probe), time.perf_counter() - t0))
+        self.log.info("epoch %d %s", epoch, self.eigen.records[-1].describe())
+        rule = cfg.early_stop_rule
+        if rule is not None and epoch < self.epochs - 1:
+            self.eigen.stop = rule.check(self.eigen.epochs, self.eigen.values)
+            if self.eigen.stop is not None:
+                self.log.info(self.eigen.stop.describe(rule.factor, rule.delta))
+
+    def stopped(self) -> bool:
+        return self.cfg.early_stop_eigen and self.eigen.stop is not None
+
+    def _write_eigen(self, epoch: int) -> None:
+        """TensorBoard scalars, ``hessian_eigen.json`` and its plot, after an epoch with a record."""
+        record = self.eigen.records[-1]
+        for tag, value in (("hessian/eigenvalue", record.largest), ("hessian/smallest", record.smallest),
+                           ("hessian/largest_magnitude", record.largest_magnitude),
+                           ("hessian/iterations", record.iterations), ("hessian/residual", record.residual_largest)):
+            self.writer.add_scalar(tag, value, epoch)
+        rule = self.cfg.early_stop_rule
+        self.eigen.save_json(self.run_dir / EIGEN_FILE, rule)
+        self.eigen.plot(self.run_dir / "plots" / PLOT_FILE, rule,
+                        "largest eigenvalue of the architecture Hessian (validation loss)")
 
     def end_of_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
                      seconds: float) -> Genotype | MobileGenotype:
@@ -220,22 +284,36 @@ class Searcher(EpochRun[SearchConfig]):
         write_genotype(self.run_dir, genotype, epoch)
         write_gate_weights(self.run_dir, dict(zip(self.space.groups, gate_arrays(self.model))))
         self.history.save_npz(self.run_dir / "alpha_history.npz")
+        if self.eigen.records and self.eigen.records[-1].epoch == epoch:
+            self._write_eigen(epoch)
         if (epoch + 1) % self.cfg.plot_every == 0 or epoch + 1 == self.cfg.epochs:
             plot_alpha_history(self.history, self.primitives, self.run_dir / "plots", self.space.row_labels,
                                self.space.plot_title)
         self.save_checkpoint(epoch + 1, genotype)
 
+    def final_gates(self) -> list[np.ndarray]:
+        """The gates the run hands back: the supernet's, or after an early stop those of the
+        epoch the rule designated (from the alpha history, back in the supernet's float32)."""
+        if not self.stopped():
+            return gate_arrays(self.model)
+        index = self.history.epochs.index(self.eigen.stop.genotype_epoch)
+        return [self.history.gated[g][index].astype(np.float32) for g in self.space.groups]
+
     def finish(self) -> Genotype | MobileGenotype:
         """The final genotype (its files and, for cells with edges, their pictures on the main rank)."""
-        genotype = self.current_genotype()
+        gates = self.final_gates()
+        genotype = self.genotype_of(gates)
         if self.dist.is_main:
-            self.write_final(genotype)
+            self.write_final(genotype, gates)
         return genotype
 
-    def write_final(self, genotype: Genotype | MobileGenotype) -> None:
+    def write_final(self, genotype: Genotype | MobileGenotype, gates: Sequence[np.ndarray]) -> None:
         write_genotype(self.run_dir, genotype)
+        if self.stopped():
+            write_gate_weights(self.run_dir, dict(zip(self.space.groups, gates)))
+            self.log.info("early stop (DARTS-ES): the final genotype and the gate files are those of epoch %d",
+                          self.eigen.stop.genotype_epoch)
         self.log.info("final genotype (%s, op_threshold %s): %s", self.cfg.method, self.cfg.op_threshold,
                       genotype.to_text())
-        self.space.finish(genotype, gate_arrays(self.model), self.run_dir, self.log, self.cfg.method,
-                          self.cfg.op_threshold)
+        self.space.finish(genotype, gates, self.run_dir, self.log, self.cfg.method, self.cfg.op_threshold)
 
