@@ -11,7 +11,6 @@ input and both weights. The supernet-level equality (logits, gradients, trajecto
 """
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 
@@ -166,34 +165,6 @@ def test_switched_off_by_environment_runs_pytorch() -> None:
     assert "FAIRDARTS_NATIVE_KERNELS=0" in out.stdout
 
 
-def test_no_compiler_falls_back_with_a_reason(tmp_path, monkeypatch) -> None:
-    """Without a C compiler the library is None and the reason names the missing compiler."""
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CC", raising=False)
-    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
-    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
-    native.reset()
-    try:
-        assert native.library() is None
-        assert "no C compiler" in (native.unavailable_reason() or "")
-    finally:
-        monkeypatch.undo()
-        native.reset()
-    assert native.library() is not None or native.unavailable_reason()
-
-
-def test_build_is_cached_by_source_compiler_and_cpu(tmp_path, monkeypatch) -> None:
-    """A fresh cache folder gets one library; loading again reuses it instead of compiling."""
-    if native._compiler() is None:
-        pytest.skip("no C compiler")
-    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
-    first = native._build(native._compiler())  # type: ignore[arg-type]
-    mtime = first.stat().st_mtime_ns
-    again = native._build(native._compiler())  # type: ignore[arg-type]
-    assert again == first and again.stat().st_mtime_ns == mtime
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
-
-
 @needs_kernels
 @pytest.mark.parametrize("n,px", [(5, 48), (7, 24)], ids=["image-per-chunk", "chunks-of-several"])
 def test_chunked_batches_equal_pytorch(n, px) -> None:
@@ -316,20 +287,6 @@ def test_any_thread_count_gives_the_same_bits(dtype, training) -> None:
     torch.set_num_threads(1)
     for threads in (2, 4):
         assert all(torch.equal(a, b) for a, b in zip(results[1], results[threads]))
-
-
-def test_a_compiler_without_openmp_builds_the_one_thread_library(tmp_path, monkeypatch) -> None:
-    """Where ``-fopenmp`` fails (a compiler without OpenMP), the build is retried without it and
-    the library runs on one thread, computing the same."""
-    real_cc = native._compiler()
-    if real_cc is None:
-        pytest.skip("no C compiler")
-    cc = tmp_path / "cc-without-openmp"
-    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {real_cc} "$@"\n')
-    cc.chmod(0o755)
-    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
-    lib = ctypes.CDLL(str(native._build(str(cc))))
-    assert lib.fairdarts_kernels_openmp() == 0
 
 
 @needs_kernels
