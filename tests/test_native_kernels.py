@@ -340,3 +340,45 @@ def test_factorized_reduce_equals_its_pytorch_path(monkeypatch, c_in, c_out, rel
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
         assert rel_err(a, b) <= 1e-10
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(2, 6, 1, 5), (2, 6, 5, 1), (2, 6, 1, 1)], ids=["row", "column", "pixel"])
+def test_factorized_reduce_declines_a_one_pixel_side(shape, monkeypatch) -> None:
+    """Found by the fuzz: with a side of one pixel the module's odd half reads an empty input and
+    PyTorch raises, while the kernels returned a tensor. They decline it now: the same error either way."""
+    from fairdarts.search_space.native.chain import factorized_reduce
+    from fairdarts.search_space.operations import FactorizedReduce
+
+    m = FactorizedReduce(6, 8, affine=False)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    assert factorized_reduce(x, m.conv_1.weight, m.conv_2.weight, m.bn, True) is None
+    errors = []
+    for kernels in (True, False):
+        if not kernels:
+            monkeypatch.setattr(native, "library", lambda: None)
+        with pytest.raises(RuntimeError) as raised:
+            m(x)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("px", [15, 9])
+def test_noisy_skips_draw_the_same_noise_with_and_without_kernels_at_odd_sizes(px, monkeypatch) -> None:
+    """Found by the fuzz: at odd sizes the stride-2 skip's PyTorch path returned NCHW where the
+    kernels return channels-last, and a noisy skip downstream (``torch.randn_like``: noise in
+    memory order) drew other noise, so the logits differed by ~0.2. Both give channels-last now."""
+    from fairdarts.ablations.noise import NoisySkip
+    from fairdarts.search_space import DARTS_PRIMITIVES, Supernet
+
+    torch.manual_seed(0)
+    model = Supernet(4, 10, 3, DARTS_PRIMITIVES, gate="softmax", steps=2, multiplier=2).double()
+    model.map_skip_ops(lambda op, stride: NoisySkip("N") if stride == 1 else op)
+    x = torch.randn(3, 3, px, px, dtype=torch.float64)
+    logits = []
+    for kernels in (True, False):
+        if not kernels:
+            monkeypatch.setattr(native, "library", lambda: None)
+        torch.manual_seed(1)
+        logits.append(model(x).detach())
+    assert rel_err(logits[0], logits[1]) <= 1e-10
