@@ -84,11 +84,12 @@ def rel_err(a: Tensor, b: Tensor, floor: float) -> float:
 
 
 def errors(ours: list[Tensor], ref: list[Tensor]) -> list[float]:
-    """Per tensor: its relative error, with a floor of a thousandth of the largest magnitude among
+    """Per tensor: its relative error, with a floor of a hundredth of the largest magnitude among
     ``ref`` (the 1x1 conv of one channel before a BatchNorm, which is scale-invariant, has a
-    gradient of zero plus rounding: 1e-6 of the other gradients in float64)."""
+    gradient of zero plus rounding: 1e-6 of the other gradients in float64, 1e-3 in float32; a
+    wrong gradient still shows as an error of its own size over that floor)."""
     assert len(ours) == len(ref), "a different number of tensors"
-    floor = 1e-3 * max((t.abs().max().item() for t in ref if t.is_floating_point() and t.numel()), default=0.0)
+    floor = 1e-2 * max((t.abs().max().item() for t in ref if t.is_floating_point() and t.numel()), default=0.0)
     return [rel_err(a.double(), b.double(), floor) if b.is_floating_point() else float(not torch.equal(a, b))
             for a, b in zip(ours, ref)]
 

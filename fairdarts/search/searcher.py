@@ -126,7 +126,7 @@ class Searcher(EpochRun[SearchConfig]):
         self.step = build_step(cfg, self.model, dist, self.guard)
         self.run_step = graphed_or_eager(self.step, cfg.cuda_graphs, dist.device, cfg.skip_nonfinite, logger)
         self.history = AlphaHistory(self.space.groups)
-        if dist.device.type == "cpu":
+        if dist.device.type == "cpu" and native.library() is not None:  # when off, library() logged why, once
             logger.info("native CPU kernels: %s", native.status())
 
     # ----- checkpoint ----------------------------------------------------------------------

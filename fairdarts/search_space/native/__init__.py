@@ -197,7 +197,7 @@ def library() -> ctypes.CDLL | None:
             _state["reason"] = " ".join(str(exc).split())  # one line, whatever a compiler printed
             switched_off = os.environ.get(ENV_SWITCH, "1") == "0"
             logging.getLogger("fairdarts").log(logging.INFO if switched_off else logging.WARNING,
-                                               "native CPU kernels unavailable (%s): PyTorch's slower kernels run",
+                                               "native CPU kernels: off (%s): PyTorch's slower kernels run",
                                                _state["reason"])
     lib = _state["lib"]
     if lib is not None:
