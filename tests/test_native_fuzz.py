@@ -70,8 +70,10 @@ def report(request):
     for (op, dtype), t in sorted(TALLIES.items()):
         lines.append(f"  {op:22s} {dtype}  {t.cases:4d} {t.native:4d} {t.raised:3d}  "
                      f"{t.worst['forward']:.2e}  {t.worst['backward']:.2e}")
-    if terminal is not None and TALLIES:
-        terminal.write_line("\n".join(lines))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if terminal is not None and capture is not None and TALLIES:
+        with capture.global_and_fixture_disabled():  # shown with the summary, not as captured output
+            terminal.write_line("\n".join(lines))
 
 
 def rel_err(a: Tensor, b: Tensor, floor: float) -> float:

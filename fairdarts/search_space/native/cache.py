@@ -66,8 +66,8 @@ def cached(folder: Path, name: str) -> bytes | None:
     recorded = _recorded_digest(folder / (name + DIGEST_SUFFIX))
     if recorded is not None and hmac.compare_digest(recorded, hashlib.sha256(data).hexdigest()):
         return data
-    logging.getLogger("fairdarts").warning("kernel cache: %s does not match its recorded digest: rebuilt, not loaded",
-                                           folder / name)
+    why = "has no recorded digest" if recorded is None else "does not match its recorded digest"
+    logging.getLogger("fairdarts").warning("kernel cache: %s %s: rebuilt, not loaded", folder / name, why)
     return None
 
 
