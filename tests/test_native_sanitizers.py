@@ -58,7 +58,7 @@ def sanitizer_env(reports: Path) -> dict[str, str]:
 def run_sanitized(code: str, reports: Path) -> tuple[subprocess.CompletedProcess, str]:
     """(the finished run of ``code``, the sanitizer reports it left)."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=sanitizer_env(reports), cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=3000)
     return done, "\n".join(p.read_text(errors="replace") for p in sorted(reports.iterdir()))
 
 
@@ -81,6 +81,7 @@ def test_the_sanitizers_report_a_write_past_a_tensor(tmp_path) -> None:
     assert "heap-buffer-overflow" in reports and "fairdarts_kernels" in reports, done.stderr
 
 
+@pytest.mark.timeout(3600)  # a few minutes alone; ten and more on a busy machine
 def test_native_tests_pass_under_the_sanitizers(tmp_path) -> None:
     done, reports = run_sanitized(LOAD + f"""
     import sys, pytest
