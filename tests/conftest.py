@@ -15,8 +15,9 @@ COMPAT = FIXTURES / "compat"
 
 torch.set_num_threads(2)
 
-#: Files whose every test is in the slow tier: multi-process searches and the benchmark smoke runs.
-SLOW_FILES = frozenset({"test_search_ddp.py", "test_benchmarks.py"})
+#: Files whose every test is in the slow tier: multi-process searches, the benchmark smoke runs, the
+#: native kernels' differential fuzz and their run under the sanitizers.
+SLOW_FILES = frozenset({"test_search_ddp.py", "test_benchmarks.py", "test_native_fuzz.py", "test_native_sanitizers.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

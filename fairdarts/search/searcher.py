@@ -140,7 +140,7 @@ class Searcher(EpochRun[SearchConfig]):
         self.history = AlphaHistory(self.space.groups)
         self.eigen = EigenHistory()
         self._probe: list[Batch] | None = None
-        if dist.device.type == "cpu":
+        if dist.device.type == "cpu" and native.library() is not None:  # when off, library() logged why, once
             logger.info("native CPU kernels: %s", native.status())
 
     # ----- checkpoint ----------------------------------------------------------------------

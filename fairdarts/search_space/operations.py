@@ -175,7 +175,12 @@ class FactorizedReduce(nn.Module):
         b = _stride2_pointwise(self.conv_2, x[:, :, 1:, 1:])
         if b.shape[-2:] != a.shape[-2:]:
             b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
-        return self.bn(torch.cat([a, b], dim=1))
+        y = torch.cat([a, b], dim=1)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # at odd sizes the even half comes back NCHW: keep the layout the native kernels give,
+            # since a noisy skip downstream draws its noise in memory order (torch.randn_like)
+            y = y.contiguous(memory_format=torch.channels_last)
+        return self.bn(y)
 
 
 def _stride2_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,13 @@ pointers of contiguous channels-last tensors), so one ``cc -O3 -march=native`` c
 them in a second or two, with no ninja, no torch headers and no build step at install time.
 The library is cached under ``$FAIRDARTS_KERNEL_CACHE`` (default ``~/.cache/fairdarts/kernels``)
 by a hash of the sources, the compiler, its flags and this CPU's instruction-set flags, so a
-cache shared between machines never hands one CPU the code built for another.
+cache shared between machines never hands one CPU the code built for another; a cached library
+is loaded only if its bytes match the digest recorded when it was built (:mod:`.cache`).
 
-When no C compiler is at hand, or the build fails, or ``FAIRDARTS_NATIVE_KERNELS=0``, the
-supernet runs PyTorch's own kernels (same numbers, slower) and the reason is logged once.
+When no C compiler is at hand, the build fails, the cache folder cannot be used, or
+``FAIRDARTS_NATIVE_KERNELS=0``, the supernet runs PyTorch's own kernels (same numbers, slower)
+and the reason is logged once, in one line. ``FAIRDARTS_NATIVE_SANITIZE=1`` builds the same
+sources with AddressSanitizer and UBSan into a cache of their own (docs/native_kernels.md).
 
 Threads: built with ``-fopenmp`` (retried without it where the compiler has no OpenMP), the
 library links ``libgomp.so.1``, which the dynamic loader resolves to the copy PyTorch has
@@ -24,20 +27,28 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from fairdarts.search_space.native import cache
+
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
 ENV_CACHE = "FAIRDARTS_KERNEL_CACHE"
+ENV_SANITIZE = "FAIRDARTS_NATIVE_SANITIZE"
 VERSION = 5
 SOURCES = ("kernels.c", "kernels_scalar.h", "kernels_vec.h", "kernels_chain.h", "kernels_pool.h")
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno")
 OPENMP = "-fopenmp"
+#: Added for the sanitizer build (``FAIRDARTS_NATIVE_SANITIZE=1``): any finding aborts the process.
+SANITIZE_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
 
 _HERE = Path(__file__).resolve().parent
 _state: dict[str, object] = {}
+
+
+class BuildError(RuntimeError):
+    """The compiler failed, or what it wrote does not load."""
 
 
 def _compiler() -> str | None:
@@ -57,43 +68,76 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+def sanitized() -> bool:
+    """``FAIRDARTS_NATIVE_SANITIZE=1``: the kernels are built with AddressSanitizer and UBSan."""
+    return os.environ.get(ENV_SANITIZE, "0") == "1"
+
+
+def _flags() -> tuple[str, ...]:
+    return (*FLAGS, *SANITIZE_FLAGS) if sanitized() else FLAGS
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "fairdarts" / "kernels")
+    """The cache folder; the sanitizer builds have one of their own, so they never mix."""
+    base = Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "fairdarts" / "kernels")
+    return base / "sanitize" if sanitized() else base
 
 
-def _build(cc: str) -> Path:
-    """The cached library for these sources, compiler and CPU: with OpenMP, or without it where
-    the compiler cannot build that; built (atomically) when missing."""
-    try:
-        return _build_with(cc, (*FLAGS, OPENMP))
-    except RuntimeError:
-        return _build_with(cc, FLAGS)
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` with its output as text (undecodable bytes replaced: a compiler may print anything)."""
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
 
 
-def _build_with(cc: str, flags: tuple[str, ...]) -> Path:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+def _library_name(cc: str, flags: tuple[str, ...]) -> tuple[str, str]:
+    """(the cache name of the library, the compiler's version line). The name is a hash of the
+    sources, the compiler, its flags and this CPU's instruction-set flags, so a cache shared
+    between machines never hands one CPU the code built for another."""
+    version = _run([cc, "--version"], timeout=60)
+    if version.returncode:
+        raise BuildError(f"{cc} --version failed: {_last_line(version.stderr) or f'exit {version.returncode}'}")
     h = hashlib.sha256()
     for source in SOURCES:
         h.update((_HERE / source).read_bytes())
-    for part in (version, " ".join(flags), _cpu_flags()):
+    for part in (version.stdout, " ".join(flags), _cpu_flags()):
         h.update(part.encode())
-    target = _cache_dir() / f"fairdarts_kernels_{h.hexdigest()[:20]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    prefix = "fairdarts_kernels_sanitize_" if sanitized() else "fairdarts_kernels_"
+    return f"{prefix}{h.hexdigest()[:20]}.so", version.stdout.strip().split("\n")[0]
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def _compile(cc: str, flags: tuple[str, ...], out: Path) -> None:
+    done = _run([cc, *flags, "-o", str(out), str(_HERE / "kernels.c"), "-lm"], timeout=300)
+    if done.returncode:
+        raise BuildError(f"{cc} failed: {_last_line(done.stderr) or f'exit {done.returncode}'}")
+
+
+def _cached_or_built(cc: str, folder: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The library for these flags: the cached one if its bytes match their recorded digest,
+    else built now (and then cached)."""
+    name, compiler = _library_name(cc, flags)
+    data = cache.cached(folder, name)
+    if data is not None:
+        lib = cache.load_bytes(folder, data)
+        _check_version(lib)
+        _state["origin"] = f"{name}, from the cache"
+        return lib
     try:
-        cmd = [cc, *flags, "-o", tmp, str(_HERE / "kernels.c"), "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode:
-            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            raise RuntimeError(f"{cc} failed: {last}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        lib, data = cache.build(folder, lambda out: _compile(cc, flags, out))
+    except OSError as exc:  # the compiler's output does not load: garbage, or nothing at all
+        raise BuildError(f"{cc} built no loadable library ({exc})") from exc
+    _check_version(lib)
+    cache.publish(folder, name, data, {"compiler": compiler, "flags": list(flags), "sources": list(SOURCES)})
+    _state["origin"] = f"{name}, built now"
+    return lib
+
+
+def _check_version(lib: ctypes.CDLL) -> None:
+    if lib.fairdarts_kernels_version() != VERSION:
+        raise RuntimeError("kernel library version mismatch")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -121,11 +165,25 @@ def _load() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    lib = ctypes.CDLL(str(_build(cc)))
-    if lib.fairdarts_kernels_version() != VERSION:
-        raise RuntimeError("kernel library version mismatch")
+    if sanitized() and not _asan_runtime_loaded():
+        raise RuntimeError(f"{ENV_SANITIZE}=1 needs the ASan runtime preloaded: "
+                           f"LD_PRELOAD=$({cc} -print-file-name=libasan.so)")
+    folder = cache.open_cache(_cache_dir())
+    try:
+        lib = _cached_or_built(cc, folder, (*_flags(), OPENMP))
+    except BuildError:  # a compiler without OpenMP: the one-thread library
+        lib = _cached_or_built(cc, folder, _flags())
     _declare(lib)
     return lib
+
+
+def _asan_runtime_loaded() -> bool:
+    """A library built with ``-fsanitize=address`` aborts the process when it is loaded without
+    the ASan runtime already in it: check first."""
+    try:
+        return "libasan" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
 
 
 def library() -> ctypes.CDLL | None:
@@ -136,11 +194,11 @@ def library() -> ctypes.CDLL | None:
             _state["lib"] = _load()
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
             _state["lib"] = None
-            _state["reason"] = str(exc)
+            _state["reason"] = " ".join(str(exc).split())  # one line, whatever a compiler printed
             switched_off = os.environ.get(ENV_SWITCH, "1") == "0"
             logging.getLogger("fairdarts").log(logging.INFO if switched_off else logging.WARNING,
-                                               "native CPU kernels unavailable (%s): PyTorch's slower kernels run",
-                                               exc)
+                                               "native CPU kernels: off (%s): PyTorch's slower kernels run",
+                                               _state["reason"])
     lib = _state["lib"]
     if lib is not None:
         threads = torch.get_num_threads()
@@ -155,13 +213,18 @@ def unavailable_reason() -> str | None:
     return _state.get("reason")  # type: ignore[return-value]
 
 
+#: What the library runs when it is loaded (the rest is always PyTorch's).
+COVERS = "conv chains, mixed edges, 3x3 pools and stride-2 skips of CPU search training and validation"
+
+
 def status() -> str:
-    """One line for a run's log: the library in use, or why PyTorch's kernels run instead."""
+    """One line for a run's log: which kernels run and why (the library in use and where it came
+    from, or why PyTorch's kernels run instead)."""
     lib = library()
     if lib is None:
-        return f"off ({unavailable_reason()})"
+        return f"off ({unavailable_reason()}): PyTorch's kernels throughout"
     threads = f"OpenMP, {torch.get_num_threads()} threads" if openmp() else "no OpenMP, 1 thread"
-    return f"on ({Path(lib._name).name}, {threads})"
+    return f"on ({_state['origin']}, {threads}): {COVERS}; PyTorch's kernels for the rest"
 
 
 def openmp() -> bool:

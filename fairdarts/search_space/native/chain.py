@@ -253,8 +253,8 @@ def factorized_reduce(x: Tensor, w_even: Tensor, w_odd: Tensor, bn: nn.BatchNorm
     weight: a 1x1 tap at stride 2 for the even pixels, and for the odd ones a 3x3 tap at stride
     2 and padding 1 that reads only its last corner (pixel 2i+1; past the edge of an odd-sized
     input it reads the padding, the zero row and column PyTorch's module pads the odd half with)."""
-    if not (_batchnorm_supported(bn) and runnable(x, bn)):
-        return None
+    if not (_batchnorm_supported(bn) and runnable(x, bn)) or min(x.shape[2:]) < 2:
+        return None  # a side of one pixel: the module's odd half reads an empty input and raises
     half = w_even.shape[0]
     even, odd = _subsampling_taps(x.shape[1], x.dtype)
     x = x.contiguous(memory_format=CL)
