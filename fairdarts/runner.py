@@ -22,11 +22,13 @@ from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
 
 import torch
 
-from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.checkpoint import WriteError, load_checkpoint, save_checkpoint
+from fairdarts.checkpoint_schema import Context, Record, check_checkpoint, nonfinite_paths
 from fairdarts.config import resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed, wait_for_all_ranks
 from fairdarts.errors import UserError
+from fairdarts.guards import DivergenceError
 from fairdarts.reproducibility import restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT, flag_value, open_run, resume_config, write_run_config
 from fairdarts.run_config import RunConfig
@@ -65,12 +67,20 @@ class EpochRun(Generic[C]):
     """One run's epochs, resumable from its ``checkpoint.pt``; :meth:`run` starts at :attr:`start_epoch`.
 
     Subclasses set :attr:`checkpoint_format` (the ``format`` key their checkpoints carry),
+    :attr:`checkpoint_schema` (what a resume reads of them, checked before anything is loaded),
     :attr:`checkpoint_kind` and :attr:`model_name` (the words of the resume errors), and
     implement :meth:`make_scheduler`, :meth:`run_epoch`, :meth:`state_dict`, :meth:`load_modules`,
     :meth:`load_progress` and :meth:`finish`.
+
+    A run that cannot go on (a non-finite loss, weights or validation loss: :class:`DivergenceError`;
+    a file it cannot write: :class:`WriteError`) stops with one line that adds to the cause what
+    its folder keeps: :attr:`kept` records the epochs of the checkpoint files this run wrote or
+    resumed from, and :meth:`write_state` is the only way they are written, never with a
+    non-finite tensor.
     """
 
     checkpoint_format: ClassVar[str]
+    checkpoint_schema: ClassVar[Record]
     checkpoint_kind: ClassVar[str]   # "a search checkpoint", ...
     model_name: ClassVar[str]        # "this search's supernet", ...
 
@@ -78,15 +88,35 @@ class EpochRun(Generic[C]):
         self.cfg, self.epochs, self.run_dir, self.dist, self.log = cfg, epochs, run_dir, dist, logger
         seed_everything(cfg.seed)
         self.start_epoch = 0
+        self.kept: dict[str, int] = {}  # checkpoint files of the run folder known whole, by their epochs done
         self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
 
     def run(self) -> Any:
-        scheduler = self.make_scheduler(self.start_epoch)
-        for epoch in range(self.start_epoch, self.epochs):
-            self.run_epoch(epoch, scheduler)
-        result = self.finish()
+        try:
+            scheduler = self.make_scheduler(self.start_epoch)
+            for epoch in range(self.start_epoch, self.epochs):
+                self.run_epoch(epoch, scheduler)
+            result = self.finish()
+        except (DivergenceError, WriteError) as exc:
+            raise UserError(self.stopped(exc)) from None
         self.writer.close()
         return result
+
+    def stopped(self, exc: DivergenceError | WriteError) -> str:
+        """Why the run stopped, what its folder keeps and what to do next, in one line."""
+        resumable = CHECKPOINT in self.kept
+        if resumable:
+            kept = " and ".join(f"{name} with {epochs} epochs done" for name, epochs in self.kept.items())
+            kept = f"the run folder keeps {kept}"
+        else:
+            kept = f"the run wrote no {CHECKPOINT}, so there is nothing to resume"
+        if isinstance(exc, WriteError):
+            todo = f"free space, then resume with --resume {self.run_dir}" if resumable else "free space, start again"
+        else:
+            todo = "start again with a lower --learning_rate (or --arch_learning_rate)"
+            todo += (f", or continue with --resume {self.run_dir} --skip_nonfinite to skip such steps" if resumable
+                     else ", or with --skip_nonfinite to skip such steps")
+        return f"{exc}: the run stopped; {kept}; {todo}"
 
     def batches_per_pass(self, loader: Any) -> int:
         """Batches one pass over ``loader`` takes: all of them, or ``--max_steps_per_epoch``."""
@@ -110,7 +140,17 @@ class EpochRun(Generic[C]):
         raise NotImplementedError
 
     def save_checkpoint(self, epochs_done: int, *args: Any) -> None:
-        save_checkpoint(self.state_dict(epochs_done, *args), self.run_dir / CHECKPOINT)
+        self.write_state(self.state_dict(epochs_done, *args), CHECKPOINT)
+
+    def write_state(self, state: dict[str, Any], name: str) -> None:
+        """Write checkpoint file ``name`` of the run folder (atomically), refusing a state with a
+        non-finite tensor first: such a file could only be resumed into NaNs."""
+        bad = nonfinite_paths(state)
+        if bad:
+            raise DivergenceError(f"the state after {state['epoch']} epochs holds NaN or infinite values in "
+                                  f"{len(bad)} tensors ({', '.join(bad[:3])}), so it was not written to {name}")
+        save_checkpoint(state, self.run_dir / name)
+        self.kept[name] = state["epoch"]
 
     def load_modules(self, state: dict[str, Any]) -> None:
         """Weights and optimizer states; RuntimeError, ValueError or KeyError when they do not fit."""
@@ -120,21 +160,31 @@ class EpochRun(Generic[C]):
         """Everything else a subclass keeps (data position, histories, best weights)."""
         raise NotImplementedError
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Checks the format, then loads; a checkpoint of another run is one line of UserError."""
+    def schema_context(self) -> Context:
+        """The run-dependent bounds of :attr:`checkpoint_schema`: the epoch at most ``self.epochs``."""
+        return Context(epochs=self.epochs)
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Checks the format and every field the load reads (:attr:`checkpoint_schema`), then
+        loads; a checkpoint of another run, or a damaged one, is one line of UserError."""
         if state.get("format") != self.checkpoint_format:
-            raise UserError(f"checkpoint is not {self.checkpoint_kind} ({self.checkpoint_format}); "
+            raise UserError(f"{source} is not {self.checkpoint_kind} ({self.checkpoint_format}); "
                             "cannot resume from it")
+        check_checkpoint(state, self.checkpoint_schema, source, self.schema_context())
         try:
             self.load_modules(state)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"checkpoint does not match {self.model_name}: {first_line(exc)}") from None
+            raise UserError(f"{source} does not match {self.model_name}: {first_line(exc)}") from None
         self.load_progress(state)
-        self.start_epoch = int(state["epoch"])
-        restore_rng_state(state["rng"])
+        self.start_epoch = state["epoch"]
+        try:
+            restore_rng_state(state["rng"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise UserError(f"{source}: field 'rng' is not a random-number state: {first_line(exc)}") from None
+        self.kept[CHECKPOINT] = self.start_epoch
 
     def resume(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"), f"checkpoint {path}")
         self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.epochs)
 
 

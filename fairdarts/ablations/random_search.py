@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from fairdarts import build_network
 from fairdarts.ablations.config import DartsSearchConfig
+from fairdarts.checkpoint_schema import CANDIDATE
 from fairdarts.distributed import DistContext, init_distributed
 from fairdarts.errors import UserError
 from fairdarts.reproducibility import capture_rng_state
@@ -119,6 +120,7 @@ class CandidateTraining(EpochRun[DartsSearchConfig]):
     and resumes like the search and the retraining instead of keeping a loop of its own."""
 
     checkpoint_format = CANDIDATE_FORMAT
+    checkpoint_schema = CANDIDATE
     checkpoint_kind = "a random-search candidate checkpoint"
     model_name = "this candidate's network"
 

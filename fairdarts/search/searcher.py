@@ -23,12 +23,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from fairdarts.checkpoint_schema import SEARCH, Context
 from fairdarts.data import (
     BatchAugment, InfiniteBatches, dataset_info, load_first, make_loader, split_train_portion,
 )
 from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
 from fairdarts.errors import UserError
-from fairdarts.guards import NonFiniteGuard
+from fairdarts.guards import NonFiniteGuard, check_finite_metric
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.run_dir import progress
 from fairdarts.runner import EpochRun
@@ -112,6 +113,7 @@ class Searcher(EpochRun[SearchConfig]):
     """Everything one run holds; :meth:`run` searches from the start or from a checkpoint."""
 
     checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_schema = SEARCH
     checkpoint_kind = "a search checkpoint"
     model_name = "this search's supernet"
 
@@ -144,6 +146,11 @@ class Searcher(EpochRun[SearchConfig]):
             "genotype": genotype.to_dict(),
         }
 
+    def schema_context(self) -> Context:
+        """The epoch bound, and the alpha shapes the checkpoint's history must have."""
+        shapes = {g: tuple(a.shape) for g, a in zip(self.space.groups, self.model.arch_parameters())}
+        return Context(epochs=self.epochs, alpha_shapes=shapes)
+
     def load_modules(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.step.w_optimizer.load_state_dict(state["w_optimizer"])
@@ -163,6 +170,7 @@ class Searcher(EpochRun[SearchConfig]):
         t0 = time.perf_counter()
         stats = self.train_one_epoch(epoch, lr)
         valid_loss, valid_acc = self.validate()
+        check_finite_metric("validation loss", valid_loss, epoch)
         self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
         scheduler.step()
 
