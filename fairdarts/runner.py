@@ -145,12 +145,17 @@ class EpochRun(Generic[C]):
     def write_state(self, state: dict[str, Any], name: str) -> None:
         """Write checkpoint file ``name`` of the run folder (atomically), refusing a state with a
         non-finite tensor first: such a file could only be resumed into NaNs."""
-        bad = nonfinite_paths(state)
-        if bad:
-            raise DivergenceError(f"the state after {state['epoch']} epochs holds NaN or infinite values in "
-                                  f"{len(bad)} tensors ({', '.join(bad[:3])}), so it was not written to {name}")
+        self.check_finite_state(state, state["epoch"])
         save_checkpoint(state, self.run_dir / name)
         self.kept[name] = state["epoch"]
+
+    @staticmethod
+    def check_finite_state(state: dict[str, Any], epochs_done: int) -> None:
+        """DivergenceError naming the first tensors of ``state`` that hold NaN or infinite values."""
+        bad = nonfinite_paths(state)
+        if bad:
+            raise DivergenceError(f"the state after {epochs_done} epochs holds NaN or infinite values in {len(bad)} "
+                                  f"tensors ({', '.join(bad[:3])})")
 
     def load_modules(self, state: dict[str, Any]) -> None:
         """Weights and optimizer states; RuntimeError, ValueError or KeyError when they do not fit."""

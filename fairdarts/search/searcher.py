@@ -205,6 +205,8 @@ class Searcher(EpochRun[SearchConfig]):
 
     def end_of_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
                      seconds: float) -> Genotype | MobileGenotype:
+        """Refuses non-finite weights or alphas before anything of the epoch is derived or written."""
+        self.check_finite_state({"model": self.model.state_dict()}, epoch + 1)
         genotype = self.current_genotype()
         gated = self.model.gated_weights()
         self.history.record(epoch, self.model.arch_parameters(), gated)
