@@ -83,6 +83,7 @@ class EpochRun(Generic[C]):
     checkpoint_schema: ClassVar[Record]
     checkpoint_kind: ClassVar[str]   # "a search checkpoint", ...
     model_name: ClassVar[str]        # "this search's supernet", ...
+    rate_flags: ClassVar[str] = "--learning_rate"  # what a diverged run is told to lower
 
     def __init__(self, cfg: C, epochs: int, run_dir: Path, dist: DistContext, logger: logging.Logger):
         self.cfg, self.epochs, self.run_dir, self.dist, self.log = cfg, epochs, run_dir, dist, logger
@@ -113,7 +114,7 @@ class EpochRun(Generic[C]):
         if isinstance(exc, WriteError):
             todo = f"free space, then resume with --resume {self.run_dir}" if resumable else "free space, start again"
         else:
-            todo = "start again with a lower --learning_rate (or --arch_learning_rate)"
+            todo = f"start again with a lower {self.rate_flags}"
             todo += (f", or continue with --resume {self.run_dir} --skip_nonfinite to skip such steps" if resumable
                      else ", or with --skip_nonfinite to skip such steps")
         return f"{exc}: the run stopped; {kept}; {todo}"

@@ -116,6 +116,7 @@ class Searcher(EpochRun[SearchConfig]):
     checkpoint_schema = SEARCH
     checkpoint_kind = "a search checkpoint"
     model_name = "this search's supernet"
+    rate_flags = "--learning_rate (or --arch_learning_rate)"
 
     def __init__(self, cfg: SearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
                  data: SearchData | None = None):
