@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -161,16 +162,30 @@ def _clear_dead_run(path: Path, entries: list[str]) -> None:
             target.unlink(missing_ok=True)
 
 
+#: Files a run writes in place (appended to, locked): they must be its own, not another name of a user's file.
+IN_PLACE = ("log.txt", LOCK)
+
+
 def refuse_links(path: Path, flag: str) -> None:
-    """Refuse (one line) a run folder where a file or folder the run writes is a symbolic link:
-    writing through it would change a file outside the folder (a ``log.txt`` linked to a
-    user's file would be appended to). Atomic writes replace a link instead of following it;
-    the log, the lock and the subfolders are opened in place, so they are checked here."""
+    """Refuse (one line) a run folder where an entry the run writes is a symbolic link, or a file it
+    writes in place is not a plain file of its own: writing would change a file outside the folder
+    (a ``log.txt`` linked to a user's file would be appended to) or block (a FIFO). Atomic writes
+    replace a link instead of following it; the log, the lock and the subfolders are opened in
+    place, so they are checked here."""
     for name in sorted(RUN_FILES | RUN_FOLDERS | {LOCK}):
         entry = path / name
         if entry.is_symlink():
             raise UserError(f"run folder {path}: {name} is a symbolic link (to {os.readlink(entry)}); a run never "
                             f"writes through a link: remove it, or choose another {flag}")
+    for name in IN_PLACE:
+        try:
+            info = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+            raise UserError(f"run folder {path}: {name} {what}; a run writes it in place, so it must be its own "
+                            f"file: remove it, or choose another {flag}")
 
 
 def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,

@@ -4,8 +4,8 @@
   checkpoint its folder keeps (its epoch), or that there is none; no non-finite tensor reaches
   ``checkpoint.pt`` or ``model_best.pt``;
 * a full disk: the message is true about the file that failed and about what the folder keeps;
-* a ``log.txt``, ``.lock`` or subfolder that is a symbolic link is refused; an atomic write
-  replaces a planted link instead of following it.
+* a ``log.txt``, ``.lock`` or subfolder that is a symbolic link is refused, and so is a log that
+  is a FIFO or a hard link; an atomic write replaces a planted link instead of following it.
 """
 from __future__ import annotations
 
@@ -207,6 +207,23 @@ def test_a_link_in_a_run_folder_is_refused_and_its_target_untouched(finished, tm
     message = _stopped(lambda: search_cli.main(["--resume", str(run), "--epochs", "2"]))
     assert f"{name} is a symbolic link (to {outside}); a run never writes through a link" in message, message
     assert outside.read_text() == "a user's own file\n" and (run / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "hard link"])
+def test_a_log_that_is_not_the_runs_own_file_is_refused(finished, tmp_path, kind):
+    """A FIFO would block the open for ever; a hard link would append to a user's file."""
+    run, before = _copy(finished, "search", tmp_path)
+    (run / "log.txt").unlink()
+    outside = tmp_path / "outside"
+    if kind == "fifo":
+        os.mkfifo(run / "log.txt")
+    else:
+        outside.write_text("mine\n")
+        (run / "log.txt").hardlink_to(outside)
+    message = _stopped(lambda: search_cli.main(["--resume", str(run), "--epochs", "2"]))
+    what = "is not a regular file" if kind == "fifo" else "has other names (hard links)"
+    assert f"log.txt {what}; a run writes it in place" in message, message
+    assert kind == "fifo" or outside.read_text() == "mine\n"
 
 
 def test_a_fresh_run_refuses_a_log_link_in_a_reused_folder(tmp_path):
