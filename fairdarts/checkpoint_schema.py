@@ -249,16 +249,6 @@ class OptimizerState(Rule):
 
 
 @dataclass(frozen=True)
-class FiniteMap(Rule):
-    """A dict of plain values (the GradScaler state), every float finite."""
-
-    def check(self, value: Any, ctx: Context) -> None:
-        if not isinstance(value, dict):
-            raise _bad_type("a mapping", value)
-        _refuse_nonfinite(value)
-
-
-@dataclass(frozen=True)
 class MapOf(Rule):
     """A dict of string keys to values of ``rule`` (metrics)."""
 
@@ -392,11 +382,20 @@ _BEST = Record((
     Key("state_dict", Maybe(Weights())),
 ))
 
+#: ``GradScaler.state_dict()``: empty when the scaler is off (CPU), else its five numbers.
+SCALER = Record((
+    Key("scale", Real(0, 3.4e38), optional=True),
+    Key("growth_factor", Real(0, 3.4e38), optional=True),
+    Key("backoff_factor", Real(0, 3.4e38), optional=True),
+    Key("growth_interval", Int(0, MAX_COUNT), optional=True),
+    Key("_growth_tracker", Int(0, MAX_COUNT), optional=True),
+), "the GradScaler state")
+
 TRAIN = Record((
     Key("epoch", EPOCH),
     Key("state_dict", Weights()),
     Key("optimizer", OptimizerState()),
-    Key("scaler", FiniteMap(), optional=True),
+    Key("scaler", SCALER, optional=True),
     Key("rng", RNG),
     Key("best_acc_top1", Real(0, 100, ("-inf",))),
     Key("best", _BEST, optional=True),  # absent in checkpoints of earlier versions
@@ -414,10 +413,10 @@ CANDIDATE = Record((
 #: record from allocating without end before the weights are compared with it.
 NETWORK = Record((
     Key("init_channels", Maybe(Int(1, 1024))),
-    Key("layers", Maybe(Int(1, 256))),
+    Key("layers", Maybe(Int(3, 256))),
     Key("num_classes", Int(1, 100_000)),
     Key("in_channels", Int(1, 64)),
-    Key("image_size", Int(1, 4096)),
+    Key("image_size", Int(1, 1024)),
     Key("auxiliary", Flag()),
     Key("imagenet_net", Flag()),
     Key("width_mult", Real(0.01, 4), optional=True),
@@ -445,8 +444,8 @@ def check_checkpoint(state: Mapping[str, Any], schema: Record, source: str, ctx:
     try:
         schema.check(state, ctx)
     except Bad as bad:
-        raise CheckpointError(f"{source}: field '{bad.where}' {bad.problem}; the file is damaged or was not "
-                              "written by this command") from None
+        raise CheckpointError(f"{source}: field '{bad.where}' {bad.problem}; the file is damaged or not a "
+                              "checkpoint of this kind") from None
 
 
 def fields(schema: Record) -> list[str]:

@@ -57,6 +57,18 @@ def replay_schedule(optimizer: torch.optim.Optimizer, lr: float, build: Callable
     return scheduler
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], name: str) -> None:
+    """``optimizer.load_state_dict(state)``, then a ValueError unless every per-parameter buffer
+    (momentum, Adam's moments) has its parameter's shape: torch loads any shape and fails only at
+    the first step, deep in the run."""
+    optimizer.load_state_dict(state)
+    for param, buffers in optimizer.state.items():
+        for key, value in buffers.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"{name}: a '{key}' buffer has shape {list(value.shape)}, its parameter "
+                                 f"{list(param.shape)}")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()

@@ -32,7 +32,7 @@ from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard, check_finite_metric
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.run_dir import progress
-from fairdarts.runner import EpochRun
+from fairdarts.runner import EpochRun, load_optimizer
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.config import SearchConfig
@@ -154,8 +154,8 @@ class Searcher(EpochRun[SearchConfig]):
 
     def load_modules(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.step.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.step.architect.optimizer.load_state_dict(state["a_optimizer"])
+        load_optimizer(self.step.w_optimizer, state["w_optimizer"], "w_optimizer")
+        load_optimizer(self.step.architect.optimizer, state["a_optimizer"], "a_optimizer")
 
     def load_progress(self, state: dict[str, Any]) -> None:
         self.data.arch.load_state_dict(state["arch_batches"])

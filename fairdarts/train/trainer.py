@@ -42,7 +42,7 @@ from fairdarts.metrics import evaluate_sums
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import progress
-from fairdarts.runner import EpochRun, replay_schedule
+from fairdarts.runner import EpochRun, load_optimizer, replay_schedule
 from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, get_genotype
 from fairdarts.search_space.run_genotype import genotype_from_run
 from fairdarts.train.config import TrainConfig
@@ -217,7 +217,7 @@ class Trainer(EpochRun[TrainConfig]):
         if "optimizer" not in state:
             raise UserError(f"this file holds best weights only, not a resumable state; resume from {CHECKPOINT}")
         self.net.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"], "optimizer")
 
     def load_progress(self, state: dict[str, Any]) -> None:
         if state.get("scaler"):
