@@ -185,14 +185,10 @@ def _tensors(value: Any) -> Iterator[tuple[str, Tensor]]:
     """(path, tensor) of every tensor in nested dicts, lists and tuples."""
     if isinstance(value, Tensor):
         yield "", value
-    elif isinstance(value, dict):
-        for k, v in value.items():
+    elif isinstance(value, (dict, list, tuple)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
             for below, t in _tensors(v):
                 yield _join(str(k), below), t
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            for below, t in _tensors(v):
-                yield _join(str(i), below), t
 
 
 def nonfinite_paths(value: Any, floats: bool = False) -> list[str]:
@@ -204,15 +200,14 @@ def nonfinite_paths(value: Any, floats: bool = False) -> list[str]:
     return (bad + [path for path, x in _floats(value) if not math.isfinite(x)]) if floats else bad
 
 
-def _floats(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+def _floats(value: Any) -> Iterator[tuple[str, float]]:
+    """(path, float) of every Python float in nested dicts, lists and tuples."""
     if type(value) is float:
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _floats(v, _join(path, str(k)))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _floats(v, _join(path, str(i)))
+        yield "", value
+    elif isinstance(value, (dict, list, tuple)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+            for below, x in _floats(v):
+                yield _join(str(k), below), x
 
 
 @dataclass(frozen=True)
@@ -416,7 +411,7 @@ NETWORK = Record((
     Key("layers", Maybe(Int(3, 256))),
     Key("num_classes", Int(1, 100_000)),
     Key("in_channels", Int(1, 64)),
-    Key("image_size", Int(1, 1024)),
+    Key("image_size", Int(1, 512)),
     Key("auxiliary", Flag()),
     Key("imagenet_net", Flag()),
     Key("width_mult", Real(0.01, 4), optional=True),

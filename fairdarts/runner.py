@@ -63,6 +63,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], name
     the first step, deep in the run."""
     optimizer.load_state_dict(state)
     for param, buffers in optimizer.state.items():
+        if not isinstance(param, torch.Tensor):  # an id no parameter group lists: torch keeps it as is
+            raise ValueError(f"{name}: state for parameter {param}, which no parameter group holds")
         for key, value in buffers.items():
             if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
                 raise ValueError(f"{name}: a '{key}' buffer has shape {list(value.shape)}, its parameter "

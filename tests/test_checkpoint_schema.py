@@ -209,5 +209,5 @@ def test_a_network_record_larger_than_its_weights_is_refused_before_building(run
     with pytest.raises(UserError, match=r"field 'network' describes a network of \d+ parameters"):
         load_model(path, manifest={})
     torch.save(_set(state, "network.image_size", 10**6), path)
-    with pytest.raises(UserError, match=r"field 'network.image_size' must be an integer in 1\.\.1024, got 1000000"):
+    with pytest.raises(UserError, match=r"field 'network.image_size' must be an integer in 1\.\.512, got 1000000"):
         load_model(path, manifest={})
