@@ -442,7 +442,3 @@ def check_checkpoint(state: Mapping[str, Any], schema: Record, source: str, ctx:
         raise CheckpointError(f"{source}: field '{bad.where}' {bad.problem}; the file is damaged or not a "
                               "checkpoint of this kind") from None
 
-
-def fields(schema: Record) -> list[str]:
-    """Every field path of ``schema`` (what the fuzz test replaces)."""
-    return [path for path, _ in schema.fields()]
