@@ -35,12 +35,15 @@ def atomic_write(path: str | Path, data: bytes, opener: Opener = open) -> None:
     The bytes go to ``.<name>.tmp-<pid>`` in the same folder (``os.replace`` is atomic only
     within one file system), are fsynced, then renamed onto ``path``; the folder is fsynced so
     the rename itself survives a power cut. On any failure the temporary file is removed and the
-    error re-raised, with ``path`` untouched. ``opener(path, "wb")`` lets tests inject a failing writer.
+    error re-raised, with ``path`` untouched. The temporary file is created exclusively and the
+    rename replaces a link at ``path`` rather than writing through it, so no file outside the
+    folder is ever written. ``opener(path, "xb")`` lets tests inject a failing writer.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with opener(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a killed run's leftover, or a planted link: "xb" never follows one
+        with opener(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -79,9 +82,21 @@ def check_weights_only(obj: Any, where: str = "state") -> None:
                         "torch.load(weights_only=True) refuses; store tensors and plain Python types only")
 
 
+class WriteError(UserError):
+    """A file could not be written (a full disk, a read-only folder); the message says, for that
+    file, whether its previous version is intact. A run adds what its folder keeps."""
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one-line error of a failed atomic write of ``path``, true about that file (the write
+    left it as it was)."""
+    kept = "its previous version is intact" if path.is_file() else "it was not written (none existed before)"
+    return WriteError(f"could not write {path}: {exc.strerror or one_line(exc)}; {kept}")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path, opener: Opener = open) -> None:
     """Atomically save ``state`` to ``path``; it must hold weights_only-loadable types only
-    (see :func:`check_weights_only`).
+    (see :func:`check_weights_only`). A failed write is a :class:`WriteError`.
 
     The state is serialised in memory first: ``torch.save`` streaming into a file turns a
     failing write into an opaque RuntimeError, while a plain write keeps the OSError (disk full)
@@ -94,9 +109,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, opener: Opener = op
     try:
         atomic_write(path, buffer.getvalue(), opener)
     except OSError as exc:
-        hint = (f"the previous checkpoint is intact — free space and resume with --resume {path.parent}"
-                if path.is_file() else "no checkpoint was written — free space and try again")
-        raise UserError(f"could not write checkpoint {path}: {exc.strerror or exc}; {hint}") from None
+        raise write_error(path, exc) from None
 
 
 def _corrupt_detail(path: Path, exc: BaseException) -> str:

@@ -5,8 +5,12 @@ touches becomes ``nan``, and the checkpoint written at the end of the epoch woul
 The loops check each loss *before* the optimizer step that would use it:
 
 * by default :class:`DivergenceError` stops the run, naming the epoch and step; no checkpoint
-  is written after the bad step, so the last good one stays on disk;
+  is written after the bad step, so the last good one (if any) stays on disk;
 * with ``--skip_nonfinite`` the step is skipped (no update) and the run goes on.
+
+A loss can stay finite while weights or alphas overflow, so every checkpoint is checked before
+it is written (:meth:`fairdarts.runner.EpochRun.write_state`), and so is each validation loss
+(:func:`check_finite_metric`); both stop the run the same way.
 
 Under torchrun the decision is all-reduced, so every rank skips or stops at the same step (a
 rank skipping alone would leave the others waiting in a collective). The check reads one
@@ -15,6 +19,7 @@ number back from the device per step, the price of deciding before the update.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterable, Iterator, TypeVar
 
 import torch
@@ -27,7 +32,9 @@ T = TypeVar("T")
 
 
 class DivergenceError(UserError):
-    """The loss became inf or nan: the run stops, its last checkpoint is the last good state."""
+    """The loss, the weights or the validation loss became inf or nan: the run stops before it
+    writes anything of that state. The message says what happened; :class:`fairdarts.runner.EpochRun`
+    adds which checkpoint its folder keeps (or that there is none) and what to do."""
 
 
 def check_finite(loss: Tensor, epoch: int, step: int, skip: bool) -> bool:
@@ -39,10 +46,14 @@ def check_finite(loss: Tensor, epoch: int, step: int, skip: bool) -> bool:
         logging.getLogger("fairdarts").warning(
             "epoch %d step %d: non-finite loss, step skipped (--skip_nonfinite)", epoch, step)
         return False
-    raise DivergenceError(
-        f"the loss became {loss.detach().float().sum().item()} at epoch {epoch} step {step}: the run stopped and "
-        "its last good checkpoint is kept; start again with a lower --learning_rate (or --arch_learning_rate), "
-        "or continue with --resume RUN_FOLDER --skip_nonfinite to skip such steps")
+    raise DivergenceError(f"the loss became {loss.detach().float().sum().item()} at epoch {epoch} step {step}")
+
+
+def check_finite_metric(name: str, value: float, epoch: int) -> None:
+    """DivergenceError when ``value`` (a validation loss) is inf or nan: the weights predict
+    nothing usable any more, whatever ``--skip_nonfinite`` says about single steps."""
+    if not math.isfinite(value):
+        raise DivergenceError(f"the {name} became {value} at epoch {epoch}")
 
 
 class NonFiniteGuard:

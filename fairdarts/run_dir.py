@@ -11,16 +11,17 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 from tqdm import tqdm
 
-from fairdarts.checkpoint import atomic_write
+from fairdarts.checkpoint import atomic_write, write_error
 from fairdarts.errors import UserError
 from fairdarts.safe_io import load_yaml
 
@@ -58,7 +59,7 @@ class RunLock:
 
     def acquire(self, flag: str) -> "RunLock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise UserError(f"cannot write the run folder {self.path.parent}: {exc.strerror or exc}; "
                             f"choose another {flag}") from None
@@ -161,6 +162,32 @@ def _clear_dead_run(path: Path, entries: list[str]) -> None:
             target.unlink(missing_ok=True)
 
 
+#: Files a run writes in place (appended to, locked): they must be its own, not another name of a user's file.
+IN_PLACE = ("log.txt", LOCK)
+
+
+def refuse_links(path: Path, flag: str) -> None:
+    """Refuse (one line) a run folder where an entry the run writes is a symbolic link, or a file it
+    writes in place is not a plain file of its own: writing would change a file outside the folder
+    (a ``log.txt`` linked to a user's file would be appended to) or block (a FIFO). Atomic writes
+    replace a link instead of following it; the log, the lock and the subfolders are opened in
+    place, so they are checked here."""
+    for name in sorted(RUN_FILES | RUN_FOLDERS | {LOCK}):
+        entry = path / name
+        if entry.is_symlink():
+            raise UserError(f"run folder {path}: {name} is a symbolic link (to {os.readlink(entry)}); a run never "
+                            f"writes through a link: remove it, or choose another {flag}")
+    for name in IN_PLACE:
+        try:
+            info = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+            raise UserError(f"run folder {path}: {name} {what}; a run writes it in place, so it must be its own "
+                            f"file: remove it, or choose another {flag}")
+
+
 def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
                   flag: str = "--save") -> tuple[Path, RunLock | None, str | None]:
     """Create (or reopen) the run folder and lock it: (folder, lock, note for the log).
@@ -176,6 +203,8 @@ def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
         return path, None, None
     if path.exists() and not path.is_dir():
         raise UserError(f"run folder {path} is a file; choose another {flag}")
+    if path.is_dir():
+        refuse_links(path, flag)
     if not resume and path.is_dir():
         _refuse_used(path, *run_folder_state(path), flag)
     try:
@@ -226,11 +255,35 @@ def setup_logger(run_dir: Path | None, is_main: bool, name: str = "fairdarts") -
     logger.propagate = False
     handlers: list[logging.Handler] = [TqdmAwareHandler(sys.stdout)]
     if is_main and run_dir is not None:
-        handlers.append(logging.FileHandler(Path(run_dir) / "log.txt", mode="a", encoding="utf-8"))
+        handlers.append(RunLogHandler(Path(run_dir) / "log.txt"))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
         logger.addHandler(handler)
     return logger
+
+
+class RunLogHandler(logging.FileHandler):
+    """``log.txt``, appended to: opened with ``O_NOFOLLOW`` (never through a link planted after
+    the folder was checked), and a failing write (a full disk) is said once on stderr, then the
+    file is left alone; the checkpoint writes report a full disk with what the run keeps."""
+
+    def __init__(self, path: Path) -> None:
+        self.failed = False
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        return open(fd, "a", encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: could not write {self.baseFilename} ({sys.exc_info()[1]}); the log goes on on stdout "
+                  "only", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
 
 
 class TqdmAwareHandler(logging.StreamHandler):
@@ -262,19 +315,28 @@ class MetricsWriter:
         except ImportError as exc:
             logging.getLogger("fairdarts").warning("tensorboard is unavailable (%s); no metrics are written", exc)
             return
-        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self._call(lambda: setattr(self, "_writer", SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))))
+
+    def _call(self, action: Callable[[], Any]) -> None:
+        """``action()``; an OSError (a full disk) switches the metrics off with one warning."""
+        try:
+            action()
+        except OSError as exc:
+            logging.getLogger("fairdarts").warning("could not write the TensorBoard metrics (%s); no more are "
+                                                   "written", exc.strerror or exc)
+            self._writer = None
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         if self._writer is not None:
-            self._writer.add_scalar(tag, value, step)
+            self._call(lambda: self._writer.add_scalar(tag, value, step))
 
     def add_histogram(self, tag: str, values: Any, step: int) -> None:
         if self._writer is not None:
-            self._writer.add_histogram(tag, values, step)
+            self._call(lambda: self._writer.add_histogram(tag, values, step))
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._call(self._writer.close)
             self._writer = None
 
 
@@ -292,8 +354,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         atomic_write(path, data)
     except OSError as exc:
-        raise UserError(f"could not write {path}: {exc.strerror or exc}; its previous version, if any, "
-                        "is intact") from None
+        raise write_error(Path(path), exc) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

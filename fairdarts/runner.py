@@ -22,11 +22,13 @@ from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
 
 import torch
 
-from fairdarts.checkpoint import load_checkpoint, save_checkpoint
+from fairdarts.checkpoint import WriteError, load_checkpoint, save_checkpoint
+from fairdarts.checkpoint_schema import Context, Record, check_checkpoint, nonfinite_paths
 from fairdarts.config import resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed, wait_for_all_ranks
 from fairdarts.errors import UserError
+from fairdarts.guards import DivergenceError
 from fairdarts.reproducibility import restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT, flag_value, open_run, resume_config, write_run_config
 from fairdarts.run_config import RunConfig
@@ -55,6 +57,20 @@ def replay_schedule(optimizer: torch.optim.Optimizer, lr: float, build: Callable
     return scheduler
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], name: str) -> None:
+    """``optimizer.load_state_dict(state)``, then a ValueError unless every per-parameter buffer
+    (momentum, Adam's moments) has its parameter's shape: torch loads any shape and fails only at
+    the first step, deep in the run."""
+    optimizer.load_state_dict(state)
+    for param, buffers in optimizer.state.items():
+        if not isinstance(param, torch.Tensor):  # an id no parameter group lists: torch keeps it as is
+            raise ValueError(f"{name}: state for parameter {param}, which no parameter group holds")
+        for key, value in buffers.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"{name}: a '{key}' buffer has shape {list(value.shape)}, its parameter "
+                                 f"{list(param.shape)}")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
@@ -65,30 +81,59 @@ class EpochRun(Generic[C]):
     """One run's epochs, resumable from its ``checkpoint.pt``; :meth:`run` starts at :attr:`start_epoch`.
 
     Subclasses set :attr:`checkpoint_format` (the ``format`` key their checkpoints carry),
+    :attr:`checkpoint_schema` (what a resume reads of them, checked before anything is loaded),
     :attr:`checkpoint_kind` and :attr:`model_name` (the words of the resume errors), and
     implement :meth:`make_scheduler`, :meth:`run_epoch`, :meth:`state_dict`, :meth:`load_modules`,
     :meth:`load_progress` and :meth:`finish`.
+
+    A run that cannot go on (a non-finite loss, weights or validation loss: :class:`DivergenceError`;
+    a file it cannot write: :class:`WriteError`) stops with one line that adds to the cause what
+    its folder keeps: :attr:`kept` records the epochs of the checkpoint files this run wrote or
+    resumed from, and :meth:`write_state` is the only way they are written, never with a
+    non-finite tensor.
     """
 
     checkpoint_format: ClassVar[str]
+    checkpoint_schema: ClassVar[Record]
     checkpoint_kind: ClassVar[str]   # "a search checkpoint", ...
     model_name: ClassVar[str]        # "this search's supernet", ...
+    rate_flags: ClassVar[str] = "--learning_rate"  # what a diverged run is told to lower
 
     def __init__(self, cfg: C, epochs: int, run_dir: Path, dist: DistContext, logger: logging.Logger):
         self.cfg, self.epochs, self.run_dir, self.dist, self.log = cfg, epochs, run_dir, dist, logger
         seed_everything(cfg.seed)
         self.start_epoch = 0
+        self.kept: dict[str, int] = {}  # checkpoint files of the run folder known whole, by their epochs done
         self.writer = MetricsWriter(run_dir, enabled=dist.is_main)
 
     def run(self) -> Any:
-        scheduler = self.make_scheduler(self.start_epoch)
-        for epoch in range(self.start_epoch, self.epochs):
-            if self.stopped():
-                break
-            self.run_epoch(epoch, scheduler)
-        result = self.finish()
+        try:
+            scheduler = self.make_scheduler(self.start_epoch)
+            for epoch in range(self.start_epoch, self.epochs):
+                if self.stops_early():
+                    break
+                self.run_epoch(epoch, scheduler)
+            result = self.finish()
+        except (DivergenceError, WriteError) as exc:
+            raise UserError(self.stopped(exc)) from None
         self.writer.close()
         return result
+
+    def stopped(self, exc: DivergenceError | WriteError) -> str:
+        """Why the run stopped, what its folder keeps and what to do next, in one line."""
+        resumable = CHECKPOINT in self.kept
+        if resumable:
+            kept = " and ".join(f"{name} with {epochs} epochs done" for name, epochs in self.kept.items())
+            kept = f"the run folder keeps {kept}"
+        else:
+            kept = f"the run wrote no {CHECKPOINT}, so there is nothing to resume"
+        if isinstance(exc, WriteError):
+            todo = f"free space, then resume with --resume {self.run_dir}" if resumable else "free space, start again"
+        else:
+            todo = f"start again with a lower {self.rate_flags}"
+            todo += (f", or continue with --resume {self.run_dir} --skip_nonfinite to skip such steps" if resumable
+                     else ", or with --skip_nonfinite to skip such steps")
+        return f"{exc}: the run stopped; {kept}; {todo}"
 
     def batches_per_pass(self, loader: Any) -> int:
         """Batches one pass over ``loader`` takes: all of them, or ``--max_steps_per_epoch``."""
@@ -107,7 +152,7 @@ class EpochRun(Generic[C]):
         """What the run leaves after its last epoch; returned by :meth:`run`."""
         raise NotImplementedError
 
-    def stopped(self) -> bool:
+    def stops_early(self) -> bool:
         """True when the run ends before ``epochs`` (the search's early stop); checked before
         every epoch, so a resumed run that had stopped runs no further epoch."""
         return False
@@ -117,7 +162,22 @@ class EpochRun(Generic[C]):
         raise NotImplementedError
 
     def save_checkpoint(self, epochs_done: int, *args: Any) -> None:
-        save_checkpoint(self.state_dict(epochs_done, *args), self.run_dir / CHECKPOINT)
+        self.write_state(self.state_dict(epochs_done, *args), CHECKPOINT)
+
+    def write_state(self, state: dict[str, Any], name: str) -> None:
+        """Write checkpoint file ``name`` of the run folder (atomically), refusing a state with a
+        non-finite tensor first: such a file could only be resumed into NaNs."""
+        self.check_finite_state(state, state["epoch"])
+        save_checkpoint(state, self.run_dir / name)
+        self.kept[name] = state["epoch"]
+
+    @staticmethod
+    def check_finite_state(state: dict[str, Any], epochs_done: int) -> None:
+        """DivergenceError naming the first tensors of ``state`` that hold NaN or infinite values."""
+        bad = nonfinite_paths(state)
+        if bad:
+            raise DivergenceError(f"the state after {epochs_done} epochs holds NaN or infinite values in {len(bad)} "
+                                  f"tensors ({', '.join(bad[:3])})")
 
     def load_modules(self, state: dict[str, Any]) -> None:
         """Weights and optimizer states; RuntimeError, ValueError or KeyError when they do not fit."""
@@ -127,21 +187,31 @@ class EpochRun(Generic[C]):
         """Everything else a subclass keeps (data position, histories, best weights)."""
         raise NotImplementedError
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Checks the format, then loads; a checkpoint of another run is one line of UserError."""
+    def schema_context(self) -> Context:
+        """The run-dependent bounds of :attr:`checkpoint_schema`: the epoch at most ``self.epochs``."""
+        return Context(epochs=self.epochs)
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Checks the format and every field the load reads (:attr:`checkpoint_schema`), then
+        loads; a checkpoint of another run, or a damaged one, is one line of UserError."""
         if state.get("format") != self.checkpoint_format:
-            raise UserError(f"checkpoint is not {self.checkpoint_kind} ({self.checkpoint_format}); "
+            raise UserError(f"{source} is not {self.checkpoint_kind} ({self.checkpoint_format}); "
                             "cannot resume from it")
+        check_checkpoint(state, self.checkpoint_schema, source, self.schema_context())
         try:
             self.load_modules(state)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"checkpoint does not match {self.model_name}: {first_line(exc)}") from None
+            raise UserError(f"{source} does not match {self.model_name}: {first_line(exc)}") from None
         self.load_progress(state)
-        self.start_epoch = int(state["epoch"])
-        restore_rng_state(state["rng"])
+        self.start_epoch = state["epoch"]
+        try:
+            restore_rng_state(state["rng"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise UserError(f"{source}: field 'rng' is not a random-number state: {first_line(exc)}") from None
+        self.kept[CHECKPOINT] = self.start_epoch
 
     def resume(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"), f"checkpoint {path}")
         self.log.info("resumed from %s after epoch %d of %d", path, self.start_epoch, self.epochs)
 
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from fairdarts.checkpoint_schema import EPOCH, RNG, Key, Record, Weights
 from fairdarts.data import InMemoryLoader, TorchLoader, load_first, make_loader, make_synthetic
 from fairdarts.distributed import DistContext
 from fairdarts.errors import UserError
@@ -59,6 +60,7 @@ def test_replay_schedule_steps_the_built_scheduler():
 
 class _TinyRun(EpochRun[RunConfig]):
     checkpoint_format = "fairdarts-tiny/1"
+    checkpoint_schema = Record((Key("epoch", EPOCH), Key("model", Weights()), Key("rng", RNG)))
     checkpoint_kind = "a tiny checkpoint"
     model_name = "this tiny model"
 
@@ -77,13 +79,16 @@ def test_checkpoint_of_another_kind_or_shape_is_one_line(tmp_path):
     run = _TinyRun(tmp_path)
     with pytest.raises(UserError, match=r"^checkpoint is not a tiny checkpoint \(fairdarts-tiny/1\); cannot resume"):
         run.load_state_dict({"format": "fairdarts-search/1"})
-    bad = {"format": "fairdarts-tiny/1", "model": torch.nn.Linear(3, 2).state_dict()}
+    bad = {"format": "fairdarts-tiny/1", "model": torch.nn.Linear(3, 2).state_dict(), "epoch": 1,
+           "rng": capture_rng_state()}
     with pytest.raises(UserError, match=r"^checkpoint does not match this tiny model: [^\n]*$"):
         run.load_state_dict(bad)
-    good = {"format": "fairdarts-tiny/1", "model": torch.nn.Linear(2, 2).state_dict(), "epoch": 3,
+    good = {"format": "fairdarts-tiny/1", "model": torch.nn.Linear(2, 2).state_dict(), "epoch": 1,
             "rng": capture_rng_state()}
+    with pytest.raises(UserError, match=r"^checkpoint: field 'epoch' must be an integer in 0\.\.1"):
+        run.load_state_dict({**good, "epoch": 3})  # beyond the run's one epoch
     run.load_state_dict(good)
-    assert run.start_epoch == 3
+    assert run.start_epoch == 1
 
 
 def test_make_loader_picks_the_loader_by_dataset_kind():

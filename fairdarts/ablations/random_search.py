@@ -21,12 +21,13 @@ import torch.nn.functional as F
 
 from fairdarts import build_network
 from fairdarts.ablations.config import DartsSearchConfig
+from fairdarts.checkpoint_schema import CANDIDATE
 from fairdarts.distributed import DistContext, init_distributed
 from fairdarts.errors import UserError
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import open_run, write_run_config
 from fairdarts.run_dir import atomic_write_text
-from fairdarts.runner import EpochRun, Scheduler, replay_schedule
+from fairdarts.runner import EpochRun, Scheduler, load_optimizer, replay_schedule
 from fairdarts.search.searcher import SearchData, build_data
 from fairdarts.search_space import DARTS_PRIMITIVES, Genotype, derive, genotypes_with_edges
 from fairdarts.search_space.cost import network_cost
@@ -119,6 +120,7 @@ class CandidateTraining(EpochRun[DartsSearchConfig]):
     and resumes like the search and the retraining instead of keeping a loop of its own."""
 
     checkpoint_format = CANDIDATE_FORMAT
+    checkpoint_schema = CANDIDATE
     checkpoint_kind = "a random-search candidate checkpoint"
     model_name = "this candidate's network"
 
@@ -174,7 +176,7 @@ class CandidateTraining(EpochRun[DartsSearchConfig]):
         if state["genotype"] != self.genotype.to_dict():
             raise ValueError("the checkpoint holds another genotype")
         self.net.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"], "optimizer")
 
     def load_progress(self, state: dict[str, Any]) -> None:
         """Nothing beyond the epoch: the data order is a function of (seed, epoch)."""

@@ -21,7 +21,7 @@ from fairdarts.data import DATASET_CHOICES, BatchAugment, InMemoryImages, InMemo
 from fairdarts.distributed import resolve_device
 from fairdarts.errors import UserError, one_line
 from fairdarts.evaluation.evaluator import (
-    MANIFEST, EvalResult, LoadedModel, evaluate, load_model, nonfinite_tensors, plot_confusion,
+    MANIFEST, EvalResult, LoadedModel, evaluate, load_model, plot_confusion,
 )
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
@@ -159,10 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model_path, cfg.arch, cfg.init_channels, cfg.layers)  # type: ignore[arg-type]
-    bad = nonfinite_tensors(loaded.model.state_dict())
-    if bad:
-        raise UserError(f"{cfg.model_path} holds NaN or infinite weights in {len(bad)} tensors ({', '.join(bad[:3])}): "
-                        "the run that wrote it diverged; evaluate an earlier checkpoint")
     shape = print_cost(loaded)
     model = loaded.model.to(device)
     if cfg.channels_last:

@@ -10,7 +10,9 @@ Two layouts load (always through :func:`fairdarts.checkpoint.load_checkpoint`, w
   listed there; the class count, input channels, auxiliary head and network family are read off
   the weights, the channel and layer counts from the flags, the manifest, or 36 / 20.
 
-A state dict that does not fit the genotype fails with one line naming the first keys that differ.
+Every field read is checked first (:mod:`fairdarts.checkpoint_schema`: sizes in range, every
+weight finite); a state dict that does not fit the genotype fails with one line naming the
+first keys that differ.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import yaml
 from torch import Tensor, nn
 
 from fairdarts.checkpoint import TRAIN_FORMAT, load_checkpoint
+from fairdarts.checkpoint_schema import NETWORK, OFFICIAL_MODEL, PROJECT_MODEL, Key, Record, check_checkpoint
 from fairdarts.errors import UserError, one_line
 from fairdarts.metrics import autocast, topk_correct
 from fairdarts.run_dir import atomic_write_bytes
@@ -34,6 +37,7 @@ from fairdarts.safe_io import load_yaml, read_text_limited
 from fairdarts.search_space import (
     Genotype, MobileGenotype, NetworkSpec, build_network, genotype_from_dict, get_genotype,
 )
+from fairdarts.search_space.cost import network_cost
 
 MANIFEST = Path(__file__).resolve().parents[1] / "best_models.yaml"  # package data: works without the repository
 OFFICIAL_DEFAULT_SIZES = {"init_channels": 36, "layers": 20}
@@ -81,10 +85,14 @@ def missing_file_hint(path: Path, manifest: dict[str, dict[str, Any]]) -> str | 
 
 # ----- loading ------------------------------------------------------------------------------
 def state_dict_of(ckpt: dict[str, Any], path: Path) -> dict[str, Tensor]:
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+    """The weights of an official-layout file (under ``state_dict``, or the bare state dict),
+    checked by :data:`OFFICIAL_MODEL`."""
+    if "state_dict" in ckpt:
+        check_checkpoint(ckpt, OFFICIAL_MODEL, str(path))
         return ckpt["state_dict"]
     if ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        return ckpt  # a bare state dict
+        check_checkpoint({"state_dict": ckpt}, OFFICIAL_MODEL, f"{path} (a bare state dict)")
+        return ckpt
     raise UserError(f"{path} holds no 'state_dict' (keys: {', '.join(sorted(map(str, ckpt))[:6])})")
 
 
@@ -109,22 +117,42 @@ def _official_spec(genotype: Genotype | MobileGenotype, state: dict[str, Tensor]
     imagenet = "stem0.0.weight" in state
     stem = state.get("stem0.0.weight" if imagenet else "stem.0.weight")
     classifier = state.get("classifier.weight")
-    if stem is None or classifier is None:
+    if stem is None or classifier is None or stem.dim() != 4 or classifier.dim() != 2:
         raise UserError("the state dict has no stem / classifier weights: not a DARTS-family network checkpoint")
     meta = {"init_channels": sizes["init_channels"], "layers": sizes["layers"],
             "num_classes": int(classifier.shape[0]), "in_channels": int(stem.shape[1]),
             "image_size": sizes.get("image_size") or (224 if imagenet else 32),
             "auxiliary": any(k.startswith("auxiliary_head.") for k in state), "imagenet_net": imagenet}
+    check_checkpoint({"network": meta}, Record((Key("network", NETWORK),)), "the state dict's shapes")
     return NetworkSpec.from_dict(genotype, meta)
 
 
-def _project_spec(ckpt: dict[str, Any], arch: str | None, init_channels: int | None,
+def _project_spec(ckpt: dict[str, Any], path: Path, arch: str | None, init_channels: int | None,
                   layers: int | None) -> NetworkSpec:
     """A retraining checkpoint's own genotype and network record; ``arch`` and the sizes given override them."""
     genotype = get_genotype(arch) if arch else genotype_from_dict(ckpt["genotype"])
-    spec = NetworkSpec.from_dict(genotype, ckpt["network"])
+    try:
+        spec = NetworkSpec.from_dict(genotype, ckpt["network"])
+    except KeyError as exc:
+        raise UserError(f"{path}: field 'network.{exc.args[0]}' is missing") from None
+    _check_fits_weights(spec, ckpt["state_dict"], path)
     given = {k: v for k, v in (("init_channels", init_channels), ("layers", layers)) if v is not None}
     return dataclasses.replace(spec, **given)
+
+
+def _check_fits_weights(spec: NetworkSpec, state: dict[str, Tensor], path: Path) -> None:
+    """Refuse, before building it, a cell network with more parameters than the file holds values:
+    each size of the record is in range, yet together they could describe a network too large
+    to build. The parameters are counted without building (:func:`network_cost`)."""
+    if spec.mobile:
+        return  # a mobile network's only size, width_mult, is bounded by the schema
+    cost = network_cost(spec.genotype, spec.init_channels, spec.layers, spec.num_classes, spec.auxiliary,
+                        "imagenet" if spec.imagenet else "cifar10", spec.in_channels, spec.image_size)
+    held = sum(t.numel() for t in state.values())
+    if cost.params > held:
+        raise UserError(f"{path}: field 'network' describes a network of {cost.params} parameters "
+                        f"(init_channels {spec.init_channels}, layers {spec.layers}), more than the {held} values "
+                        "its state_dict holds; the file is damaged or was not written by train.py")
 
 
 def load_model(path: str | Path, arch: str | None = None, init_channels: int | None = None,
@@ -135,9 +163,12 @@ def load_model(path: str | Path, arch: str | None = None, init_channels: int | N
     if not path.exists() and (hint := missing_file_hint(path, manifest)):
         raise UserError(hint)
     ckpt = load_checkpoint(path, map_location="cpu")
-    state = state_dict_of(ckpt, path)
-    if ckpt.get("format") == TRAIN_FORMAT:
-        spec = _project_spec(ckpt, arch, init_channels, layers)
+    project = ckpt.get("format") == TRAIN_FORMAT
+    if project:
+        check_checkpoint(ckpt, PROJECT_MODEL, str(path))
+    state = ckpt["state_dict"] if project else state_dict_of(ckpt, path)
+    if project:
+        spec = _project_spec(ckpt, path, arch, init_channels, layers)
         dataset, source = ckpt.get("dataset", {}).get("name"), "fairdarts"
     else:
         entry = manifest.get(path.name, {})
@@ -156,11 +187,6 @@ def load_model(path: str | Path, arch: str | None = None, init_channels: int | N
                         f"layers={spec.layers}: {mismatch}")
     model.load_state_dict(state, strict=True)
     return LoadedModel(model.eval(), spec, dataset, source)
-
-
-def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` that hold NaN or infinite values."""
-    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _arch_label(arch: str | None) -> str:

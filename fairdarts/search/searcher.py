@@ -28,15 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairdarts.checkpoint_schema import SEARCH, Context
 from fairdarts.data import (
     BatchAugment, InfiniteBatches, dataset_info, load_first, make_loader, split_train_portion,
 )
 from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
 from fairdarts.errors import UserError
-from fairdarts.guards import NonFiniteGuard
+from fairdarts.guards import NonFiniteGuard, check_finite_metric
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.run_dir import progress
-from fairdarts.runner import EpochRun
+from fairdarts.runner import EpochRun, load_optimizer
 from fairdarts.search.architect import ArchObjective, Architect
 from fairdarts.search.artifacts import AlphaHistory, plot_alpha_history, write_gate_weights, write_genotype
 from fairdarts.search.collapse import EIGEN_FILE, PLOT_FILE, EigenHistory, EigenRecord
@@ -124,8 +125,10 @@ class Searcher(EpochRun[SearchConfig]):
     """Everything one run holds; :meth:`run` searches from the start or from a checkpoint."""
 
     checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_schema = SEARCH
     checkpoint_kind = "a search checkpoint"
     model_name = "this search's supernet"
+    rate_flags = "--learning_rate (or --arch_learning_rate)"
 
     def __init__(self, cfg: SearchConfig, run_dir: Path, dist: DistContext, logger: logging.Logger,
                  data: SearchData | None = None):
@@ -159,10 +162,15 @@ class Searcher(EpochRun[SearchConfig]):
             "genotype": genotype.to_dict(),
         }
 
+    def schema_context(self) -> Context:
+        """The epoch bound, and the alpha shapes the checkpoint's history must have."""
+        shapes = {g: tuple(a.shape) for g, a in zip(self.space.groups, self.model.arch_parameters())}
+        return Context(epochs=self.epochs, alpha_shapes=shapes)
+
     def load_modules(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.step.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.step.architect.optimizer.load_state_dict(state["a_optimizer"])
+        load_optimizer(self.step.w_optimizer, state["w_optimizer"], "w_optimizer")
+        load_optimizer(self.step.architect.optimizer, state["a_optimizer"], "a_optimizer")
 
     def load_progress(self, state: dict[str, Any]) -> None:
         self.data.arch.load_state_dict(state["arch_batches"])
@@ -179,6 +187,7 @@ class Searcher(EpochRun[SearchConfig]):
         t0 = time.perf_counter()
         stats = self.train_one_epoch(epoch, lr)
         valid_loss, valid_acc = self.validate()
+        check_finite_metric("validation loss", valid_loss, epoch)
         if self.hessian_due(epoch):
             self.measure_collapse(epoch)
         self.end_of_epoch(epoch, lr, stats, valid_loss, valid_acc, time.perf_counter() - t0)
@@ -244,7 +253,7 @@ class Searcher(EpochRun[SearchConfig]):
             if self.eigen.stop is not None:
                 self.log.info(self.eigen.stop.describe(rule.factor, rule.delta))
 
-    def stopped(self) -> bool:
+    def stops_early(self) -> bool:
         return self.cfg.early_stop_eigen and self.eigen.stop is not None
 
     def _write_eigen(self, epoch: int) -> None:
@@ -261,6 +270,8 @@ class Searcher(EpochRun[SearchConfig]):
 
     def end_of_epoch(self, epoch: int, lr: float, stats: EpochStats, valid_loss: float, valid_acc: float,
                      seconds: float) -> Genotype | MobileGenotype:
+        """Refuses non-finite weights or alphas before anything of the epoch is derived or written."""
+        self.check_finite_state({"model": self.model.state_dict()}, epoch + 1)
         genotype = self.current_genotype()
         gated = self.model.gated_weights()
         self.history.record(epoch, self.model.arch_parameters(), gated)
@@ -294,7 +305,7 @@ class Searcher(EpochRun[SearchConfig]):
     def final_gates(self) -> list[np.ndarray]:
         """The gates the run hands back: the supernet's, or after an early stop those of the
         epoch the rule designated (from the alpha history, back in the supernet's float32)."""
-        if not self.stopped():
+        if not self.stops_early():
             return gate_arrays(self.model)
         index = self.history.epochs.index(self.eigen.stop.genotype_epoch)
         return [self.history.gated[g][index].astype(np.float32) for g in self.space.groups]
@@ -309,7 +320,7 @@ class Searcher(EpochRun[SearchConfig]):
 
     def write_final(self, genotype: Genotype | MobileGenotype, gates: Sequence[np.ndarray]) -> None:
         write_genotype(self.run_dir, genotype)
-        if self.stopped():
+        if self.stops_early():
             write_gate_weights(self.run_dir, dict(zip(self.space.groups, gates)))
             self.log.info("early stop (DARTS-ES): the final genotype and the gate files are those of epoch %d",
                           self.eigen.stop.genotype_epoch)

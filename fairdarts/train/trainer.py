@@ -32,16 +32,17 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint
+from fairdarts.checkpoint_schema import PROJECT_MODEL, TRAIN, check_checkpoint
 from fairdarts.data import BatchAugment, dataset_info, load_first, make_loader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError
-from fairdarts.guards import NonFiniteGuard
+from fairdarts.guards import NonFiniteGuard, check_finite_metric
 from fairdarts.metrics import evaluate_sums
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import CHECKPOINT
 from fairdarts.run_dir import progress
-from fairdarts.runner import EpochRun, replay_schedule
+from fairdarts.runner import EpochRun, load_optimizer, replay_schedule
 from fairdarts.search_space import Genotype, MobileGenotype, NetworkSpec, build_network, get_genotype
 from fairdarts.search_space.run_genotype import genotype_from_run
 from fairdarts.train.config import TrainConfig
@@ -152,6 +153,7 @@ class Trainer(EpochRun[TrainConfig]):
     """Everything one run holds; :meth:`run` trains from the start or from a checkpoint."""
 
     checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_schema = TRAIN
     checkpoint_kind = "a retraining checkpoint"
     model_name = "this run's network"
 
@@ -215,7 +217,7 @@ class Trainer(EpochRun[TrainConfig]):
         if "optimizer" not in state:
             raise UserError(f"this file holds best weights only, not a resumable state; resume from {CHECKPOINT}")
         self.net.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"], "optimizer")
 
     def load_progress(self, state: dict[str, Any]) -> None:
         if state.get("scaler"):
@@ -243,7 +245,7 @@ class Trainer(EpochRun[TrainConfig]):
                 "dataset": self._dataset_meta()}
 
     def write_best(self) -> None:
-        save_checkpoint(self.best_state(), self.run_dir / BEST)
+        self.write_state(self.best_state(), BEST)
 
     def repair_best(self) -> None:
         """Rewrite ``model_best.pt`` from the checkpoint when it is missing, unreadable or of another
@@ -254,10 +256,13 @@ class Trainer(EpochRun[TrainConfig]):
         held: Any = None
         if path.is_file():
             try:
-                held = load_checkpoint(path).get("epoch")
+                state = load_checkpoint(path)
+                check_checkpoint(state, PROJECT_MODEL, str(path))
+                held = state.get("epoch")
             except UserError:
                 held = "unreadable"
         if held == self.best_epoch:
+            self.kept[BEST] = self.best_epoch
             return
         self.write_best()
         self.log.info("%s repaired: it held %s, the checkpoint's best is epoch %d (test top-1 %.2f)", BEST,
@@ -274,7 +279,7 @@ class Trainer(EpochRun[TrainConfig]):
         self.net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         t0 = time.perf_counter()
         train = self.train_one_epoch(epoch, lr)
-        test = self.test() if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else {}
+        test = self.test(epoch) if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else {}
         self.metrics = {**train, **test, "lr": lr, "drop_path_prob": self.net.drop_path_prob,
                         "seconds": time.perf_counter() - t0}
         scheduler.step()
@@ -310,12 +315,14 @@ class Trainer(EpochRun[TrainConfig]):
         loss, top1, top5 = _means(self._reduce(sums))
         return {"train_loss": loss, "train_top1": top1, "train_top5": top5}
 
-    def test(self) -> dict[str, float]:
+    def test(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         total = self.batches_per_pass(self.data.test)
         batches = progress(self.data.test, total=total, desc="test", enabled=cfg.progress and self.dist.is_main)
         sums = evaluate_sums(self.model, batches, cfg.max_steps_per_epoch, cfg.amp, cfg.amp_dtype, cfg.channels_last)
         loss, top1, top5 = _means(self._reduce(sums))
+        if not math.isnan(top1):  # NaN top-1: no test image, nothing was measured
+            check_finite_metric("test loss", loss, epoch)
         return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
 
     def end_of_epoch(self, epoch: int, m: dict[str, float]) -> None:

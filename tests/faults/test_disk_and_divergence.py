@@ -39,7 +39,8 @@ def test_full_disk_keeps_the_previous_checkpoint(launcher: Launcher, reference: 
                                                  kind: Kind) -> None:
     run, before, result = extend(launcher, reference(kind)[0], work, kind, {"enospc_at": 1})
     line = assert_one_line_error(result)
-    assert "No space left on device" in line and "previous checkpoint is intact" in line, line
+    assert "No space left on device; its previous version is intact: the run stopped; the run folder keeps " \
+           f"checkpoint.pt with {EPOCHS} epochs done" in line, line
     assert result.stdout.count(f"FAULT-ENOSPC {before}") == 1  # the fault struck, with this file on disk
     assert sha256(run / "checkpoint.pt") == before and load_checkpoint(run / "checkpoint.pt")["epoch"] == EPOCHS
     assert not list(run.glob(".checkpoint.pt.tmp-*")), "the partial temporary file was left behind"
@@ -51,7 +52,8 @@ def test_diverging_loss_stops_with_epoch_and_step(launcher: Launcher, reference:
                                                   kind: Kind) -> None:
     run, before, result = extend(launcher, reference(kind)[0], work, kind, {"nonfinite_at": [EPOCHS, 2]})
     line = assert_one_line_error(result)
-    assert f"epoch {EPOCHS} step 2" in line and "checkpoint" in line and "learning_rate" in line, line
+    assert f"epoch {EPOCHS} step 2: the run stopped; the run folder keeps checkpoint.pt with {EPOCHS} epochs done" \
+        in line and "learning_rate" in line, line
     assert sha256(run / "checkpoint.pt") == before
     assert _finite(load_checkpoint(run / "checkpoint.pt")[kind.state_key])
     COUNTS["diverging runs stopped"] += 1
