@@ -15,10 +15,14 @@ from pathlib import Path
 
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
+from fairdarts.invocation import command, prog
 from fairdarts.safe_io import check_outputs
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 from fairdarts.search_space.mobile_genotype import MobileGenotype
 
+DESCRIPTION = ("Cell pictures of a genotype: the normal and the reduction cell as DOT, PNG and SVG. Edges are "
+               "labelled by op; intermediate nodes with no input (dropped by the derived network) are grey "
+               "and dashed. PNG and SVG need Graphviz's dot program.")
 INSTALL_HINT = "install Graphviz to render it: `apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`"
 
 
@@ -85,8 +89,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, name: str = "genoty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(prog="python -m fairdarts.visualize", description=__doc__,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CLIParser(prog=prog("visualize"), description=DESCRIPTION)
     sections = help_sections(p)
     add_flag(sections, "--arch", required=True,
              help="genotype name, JSON file, search run folder or Genotype(...) text (required)")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     genotype = get_genotype(args.arch)
     if isinstance(genotype, MobileGenotype):
         raise UserError(f"{args.arch} is a mobile genotype (a chain of layers, no cells to draw); "
-                        "`python -m fairdarts.summary --arch` sizes it, "
+                        f"`{command('summary')} --arch` sizes it, "
                         "a search's plots/alpha_mobile.png shows its gates")
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():

@@ -26,6 +26,7 @@ import numpy as np
 from fairdarts.config import load_config_file
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
+from fairdarts.invocation import prog
 from fairdarts.run_dir import LOCK, RUN_FILES, RUN_FOLDERS, atomic_write_text
 from fairdarts.safe_io import check_outputs, check_writable
 from fairdarts.search.config import SearchConfig
@@ -35,7 +36,7 @@ from fairdarts.search_space.run_genotype import cells_advice, load_gate_weights
 
 
 def build_parser() -> CLIParser:
-    p = CLIParser(prog="fairdarts-derive", description=__doc__.split("\n\n")[0])
+    p = CLIParser(prog=prog("derive"), description=__doc__.split("\n\n")[0])
     sections = help_sections(p)
     p.add_argument("source", help="search run folder, or a normal_weight.npy or mobile_weight.npy file")
     add_flag(sections, "--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")

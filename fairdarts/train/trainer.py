@@ -36,6 +36,7 @@ from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpo
 from fairdarts.data import BatchAugment, dataset_info, load_first, make_loader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError
+from fairdarts.invocation import command
 from fairdarts.guards import NonFiniteGuard
 from fairdarts.metrics import evaluate_sums
 from fairdarts.reproducibility import capture_rng_state
@@ -63,7 +64,7 @@ def resolve_arch(cfg: TrainConfig) -> Genotype | MobileGenotype:
     genotype, advice = genotype_from_run(folder, cfg.parse_method, cfg.op_threshold)
     if advice:
         raise UserError(f"--arch {folder}: {advice}; both work here directly, e.g. "
-                        f"`python train.py --arch {folder} --parse_method darts`")
+                        f"`{command('train')} --arch {folder} --parse_method darts`")
     return genotype
 
 
