@@ -86,7 +86,8 @@ def cpu(report: Report) -> None:
             report.notes.append("native kernels without OpenMP: they run on one thread; a compiler with "
                                 "OpenMP (gcc) makes them use --threads")
     else:
-        remedy = "" if os.environ.get(native.ENV_SWITCH) == "0" else "; a C compiler (gcc, clang or CC=...) enables them"
+        switched_off = os.environ.get(native.ENV_SWITCH) == "0"
+        remedy = "" if switched_off else "; a C compiler (gcc, clang or CC=...) enables them"
         report.notes.append(f"native kernels {state}: the search's CPU step runs PyTorch's kernels, the same "
                             f"numbers but slower{remedy}")
 
@@ -138,7 +139,7 @@ def collect(root: Path) -> Report:
 
 def build_parser() -> CLIParser:
     p = CLIParser(prog=prog("doctor"), description=DESCRIPTION)
-    add_flag(help_sections(p), "--data", metavar="DIR", default="data",
+    add_flag(help_sections(p), "--data", default="data",
              help="dataset root to look in, as given to the other commands (default: data)")
     return p
 

@@ -163,10 +163,11 @@ class Command(Generic[C]):
     ``name`` is the command's key in :data:`fairdarts.invocation.COMMANDS` (its usage line names
     the command as the user started it). ``kind`` names the default folder
     ``runs/<kind>-<timestamp>`` and the config log line; ``what`` names the run in the
-    ``--resume`` messages. ``resolve`` completes a new run's config; ``prepare(cfg)`` checks more inputs before any process group exists (the
-    retraining resolves ``--arch``); ``start(cfg, prepared, dist)`` builds the data (missing data
-    fails there, before a run folder exists) and returns the builder of the run, called once the
-    folder is open; ``inputs(cfg)`` are the ``(flag, path)`` files the run reads."""
+    ``--resume`` messages. ``resolve`` completes a new run's config; ``prepare(cfg)`` checks
+    more inputs before any process group exists (the retraining resolves ``--arch``);
+    ``start(cfg, prepared, dist)`` builds the data (missing data fails there, before a run
+    folder exists) and returns the builder of the run, called once the folder is open;
+    ``inputs(cfg)`` are the ``(flag, path)`` files the run reads."""
 
     config_cls: type[C]
     name: str

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from fairdarts import MobileGenotype, build_network, count_flops_params, get_genotype, registered_names
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import add_flag, group_of, help_sections
+from fairdarts.help_groups import add_flag, group_of, help_sections, metavar
 from fairdarts.invocation import prog
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(prog=prog("summary"), description=DESCRIPTION)
     sections = help_sections(p)
     which = sections[group_of("arch")].add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", help="genotype name, JSON file, search run folder or Genotype(...) text "
+    which.add_argument("--arch", metavar=metavar("arch", str),
+                       help="genotype name, JSON file, search run folder or Genotype(...) text "
                        "(this or --all is required)")
     which.add_argument("--all", action="store_true", help="every registered genotype")
     add_flag(sections, "--init_channels", type=_positive, default=36,

@@ -51,7 +51,10 @@ class EvalConfig:
     download: bool = field_help(False, "download the dataset into --data if it is missing")
     subset: int | None = field_help(None, "evaluate only the first N test images", low=1)
     image_size: int | None = field_help(None, "resize test images (default: the checkpoint's / dataset's)", low=4)
-    inputs: str | None = field_help(None, "evaluate a saved tensor batch instead of a dataset (see the module doc)")
+    inputs: str | None = field_help(None, "evaluate a saved torch file instead of a dataset: {'input': float "
+                                          "[N, C, H, W] normalised images, 'target': [N] labels (optional), "
+                                          "'logits': [N, K] reference logits (optional; the largest difference "
+                                          "is printed)}")
     batch_size: int = field_help(256, "batch size", low=1, group="devices/speed")
     workers: int = field_help(4, "DataLoader workers (on-disk datasets)", low=0)
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
