@@ -169,7 +169,11 @@ def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, 
         torch.set_num_threads(before)
     assert seen == [want]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["threads"] == want
-    assert f"intra-op CPU threads: {want} (--threads)" in (tmp_path / "run" / "log.txt").read_text()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"intra-op CPU threads: {want} (--threads)" in log
+    assert "warning: random crops pad 4 px on each side of 8 px images" in log  # fitted to the image size
+    if command == "train":  # cutout is on by default in the retraining only
+        assert "cutout 4 px: half the 8 px images (--cutout_length sets it)" in log
     if command == "train":  # evaluate.py and the summary on the checkpoint just written
         capsys.readouterr()
         try:
