@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar,
 import yaml
 
 from fairdarts.errors import CLIParser, UserError, one_line
-from fairdarts.help_groups import group_of, help_sections
+from fairdarts.help_groups import group_of, grouped_choices, help_sections, metavar
 from fairdarts.run_dir import atomic_write_text
 from fairdarts.safe_io import load_yaml, read_text_limited, short_repr
 
@@ -38,7 +38,7 @@ SCALARS = (int, float, str, bool)
 SEED_MAX = 2**32 - 1  # NumPy's global generator takes seeds below 2**32
 
 
-def field_help(default: Any, help: str, choices: Sequence[Any] | None = None,
+def field_help(default: Any, help: str, choices: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
                low: float | None = None, high: float | None = None,
                low_open: bool = False, high_open: bool = False, required: bool = False,
                group: str | None = None) -> Any:
@@ -49,8 +49,14 @@ def field_help(default: Any, help: str, choices: Sequence[Any] | None = None,
     ``required``: the flag must be typed. ``group``: its ``--help`` section when the shared
     table of :mod:`fairdarts.help_groups` does not fit this command. A help text that says
     "default" itself (e.g. "default 36 CIFAR, 48 ImageNet") gets no ``(default: ...)`` appended.
+    ``choices`` as a mapping ``{case: values}`` (the rules of each search space) is offered
+    case by case in ``--help``; the flag takes any of them, and the config's ``validate()``
+    checks the value against its case.
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
+    groups = dict(choices) if isinstance(choices, Mapping) else None
+    if groups is not None:
+        choices = tuple(dict.fromkeys(v for values in groups.values() for v in values))
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "choice_groups": groups,
                 "low": low, "high": high, "low_open": low_open, "high_open": high_open,
                 "required": required, "group": group}
     if isinstance(default, list):  # a mutable default needs a factory, or all instances share it
@@ -127,6 +133,8 @@ def _flag_type(kind: _Kind) -> Callable[[str], Any]:
 def _flag_help(field: dataclasses.Field) -> str:
     """The help text with the default said once: appended unless the text says it already."""
     text = field.metadata.get("help", "")
+    if field.metadata.get("choice_groups"):
+        text = f"{text}; {grouped_choices(field.metadata['choice_groups'])}"
     if field.metadata.get("required"):
         return f"{text} (required)"
     if re.search(r"\bdefault\b", text):
@@ -153,10 +161,10 @@ def build_parser(config_cls: type, prog: str, description: str) -> CLIParser:
         if kind.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            choices = _choices(field, kind)
-            # argparse shows choices as {a,b}; other values by a short name instead of BATCH_SIZE
+            # argparse shows choices as {a,b}; grouped choices and other values by the shared metavar
+            choices = None if field.metadata.get("choice_groups") else _choices(field, kind)
             kwargs.update(type=_flag_type(kind), choices=choices,
-                          metavar=None if choices else kind.base.__name__.upper())
+                          metavar=None if choices else metavar(field.name, kind.base))
             if kind.is_list:
                 kwargs["nargs"] = "+"
         sections[group_of(field.name, field.metadata.get("group"))].add_argument(f"--{field.name}", **kwargs)

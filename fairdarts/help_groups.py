@@ -9,6 +9,8 @@ also places the flags of the S2 search space, ``--search_space``, ``--width_mult
 from __future__ import annotations
 
 import argparse
+import typing
+from typing import Any, Callable, Mapping, Sequence
 
 #: Section titles in the order ``--help`` prints them.
 GROUPS: tuple[str, ...] = ("data", "network", "optimisation", "architecture", "collapse instrument", "run folder",
@@ -42,6 +44,29 @@ FLAG_GROUPS: dict[str, str] = {
 }
 
 
+#: Metavars of the flags whose type says too little (files, folders, genotypes, rules); every other
+#: flag shows its type (INT, FLOAT, STR), or its choices as ``{a,b}``. Shared by every command.
+METAVARS: dict[str, str] = {
+    **dict.fromkeys(("data", "save", "out"), "DIR"),
+    **dict.fromkeys(("config", "model_path", "inputs", "confusion", "dump_logits", "export_path", "reduce"), "FILE"),
+    "resume": "RUN_DIR", "arch": "ARCH", "parse_method": "METHOD",
+}
+
+
+def metavar(name: str, kind: type | Callable[[str], Any]) -> str:
+    """The metavar of flag ``name`` whose parser is ``kind`` (a type, or a function whose return
+    annotation says the type): :data:`METAVARS`, else the type's name in capitals."""
+    if not isinstance(kind, type):
+        kind = typing.get_type_hints(kind).get("return", str)
+    return METAVARS.get(name) or {int: "INT", float: "FLOAT"}.get(kind, "STR")  # type: ignore[call-overload]
+
+
+def grouped_choices(groups: Mapping[str, Sequence[Any]]) -> str:
+    """``cell: darts, threshold_sparse; mobile: argmax``: the values a flag takes in each case
+    (a search space, say), for a help text that offers each case only its own."""
+    return "; ".join(f"{case}: {', '.join(map(str, values))}" for case, values in groups.items())
+
+
 def group_of(name: str, override: str | None = None) -> str:
     """The ``--help`` section of flag ``name`` (``override``: the field's own ``group``)."""
     return override or FLAG_GROUPS.get(name, "other")
@@ -53,5 +78,9 @@ def help_sections(parser: argparse.ArgumentParser) -> dict[str, argparse._Argume
 
 
 def add_flag(sections: dict[str, argparse._ArgumentGroup], flag: str, **kwargs) -> argparse.Action:
-    """``parser.add_argument(flag, **kwargs)`` in the section of the flag's name (plain argparse commands)."""
-    return sections[group_of(flag.lstrip("-"))].add_argument(flag, **kwargs)
+    """``parser.add_argument(flag, **kwargs)`` in the section of the flag's name, with the shared
+    :func:`metavar` when it takes a value (plain argparse commands)."""
+    name = flag.lstrip("-")
+    if kwargs.get("action", "store") == "store" and not kwargs.get("choices"):
+        kwargs.setdefault("metavar", metavar(name, kwargs.get("type", str)))
+    return sections[group_of(name)].add_argument(flag, **kwargs)

@@ -30,7 +30,9 @@ class RunConfig:
     subset: int | None = field_help(None, "use only the first N training images (CPU runs, smoke tests)", low=1)
     image_size: int | None = field_help(None, "resize images to this many pixels (default: the dataset's own)", low=4)
     cutout: bool = field_help(False, "cutout on training images")
-    cutout_length: int = field_help(16, "cutout length", low=1)
+    cutout_length: int | None = field_help(
+        None, "side of the cutout square in px (default: half the image side, the log says it: 16 at 32 px as "
+              "DARTS, 8 at 16 px); a side as large as the image is warned about", low=1)
     workers: int = field_help(2, "DataLoader workers (only for on-disk datasets such as 'folder')", low=0)
     # ----- run -------------------------------------------------------------------------
     seed: int = field_help(0, "random seed", low=0, high=SEED_MAX)

@@ -29,6 +29,7 @@ from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed, wait_for_all_ranks
 from fairdarts.errors import UserError
 from fairdarts.guards import DivergenceError
+from fairdarts.invocation import prog
 from fairdarts.reproducibility import restore_rng_state, seed_everything
 from fairdarts.resume import CHECKPOINT, flag_value, open_run, resume_config, write_run_config
 from fairdarts.run_config import RunConfig
@@ -236,15 +237,17 @@ def _no_inputs(cfg: Any) -> Inputs:
 class Command(Generic[C]):
     """What a run command is made of.
 
-    ``kind`` names the default folder ``runs/<kind>-<timestamp>`` and the config log line;
-    ``what`` names the run in the ``--resume`` messages. ``resolve`` completes a new run's
-    config; ``prepare(cfg)`` checks more inputs before any process group exists (the
-    retraining resolves ``--arch``); ``start(cfg, prepared, dist)`` builds the data (missing data
-    fails there, before a run folder exists) and returns the builder of the run, called once the
-    folder is open; ``inputs(cfg)`` are the ``(flag, path)`` files the run reads."""
+    ``name`` is the command's key in :data:`fairdarts.invocation.COMMANDS` (its usage line names
+    the command as the user started it). ``kind`` names the default folder
+    ``runs/<kind>-<timestamp>`` and the config log line; ``what`` names the run in the
+    ``--resume`` messages. ``resolve`` completes a new run's config; ``prepare(cfg)`` checks
+    more inputs before any process group exists (the retraining resolves ``--arch``);
+    ``start(cfg, prepared, dist)`` builds the data (missing data fails there, before a run
+    folder exists) and returns the builder of the run, called once the folder is open;
+    ``inputs(cfg)`` are the ``(flag, path)`` files the run reads."""
 
     config_cls: type[C]
-    prog: str
+    name: str
     description: str
     kind: str
     what: str
@@ -257,10 +260,11 @@ class Command(Generic[C]):
 
 def _command_config(command: Command[C], argv: list[str]) -> tuple[C, Path | None]:
     """The run's config (``--resume``: the saved one) with its thread count set; the checkpoint to load."""
-    cfg = command.resolve(resolve_config(command.config_cls, argv, command.prog, command.description))
+    usage = prog(command.name)
+    cfg = command.resolve(resolve_config(command.config_cls, argv, usage, command.description))
     ckpt = None
     if cfg.resume:
-        cfg, ckpt = resume_config(command.config_cls, cfg.resume, argv, command.overridable, command.prog,
+        cfg, ckpt = resume_config(command.config_cls, cfg.resume, argv, command.overridable, usage,
                                   command.description, command.what)
     threads = set_threads(cfg.threads)
     if ckpt is None:  # a new run records the count; a resumed one keeps its config.yaml (and --threads typed)

@@ -14,8 +14,14 @@ from dataclasses import asdict, dataclass
 
 from fairdarts import MobileGenotype, build_network, count_flops_params, get_genotype, registered_names
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import add_flag, group_of, help_sections
+from fairdarts.help_groups import add_flag, group_of, help_sections, metavar
+from fairdarts.invocation import prog
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
+
+DESCRIPTION = ("FLOPs and parameter counts of derived networks, counted as the papers do: MACs for one image "
+               "without BatchNorm; parameters with and without the auxiliary head and without BatchNorm. Cell "
+               "genotypes are built for CIFAR-10 (32 px, 10 classes), mobile ones (search space S2, e.g. "
+               "FairNAS_A) for ImageNet (224 px, 1000 classes), unless told otherwise.")
 
 #: (image size, classes) when not given: CIFAR-10 for cells, ImageNet for mobile networks.
 DEFAULT_INPUT = {"cell": (32, 10), "mobile": (224, 1000)}
@@ -68,11 +74,11 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(prog="python -m fairdarts.summary", description=__doc__,
-                  allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CLIParser(prog=prog("summary"), description=DESCRIPTION)
     sections = help_sections(p)
     which = sections[group_of("arch")].add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", help="genotype name, JSON file, search run folder or Genotype(...) text "
+    which.add_argument("--arch", metavar=metavar("arch", str),
+                       help="genotype name, JSON file, search run folder or Genotype(...) text "
                        "(this or --all is required)")
     which.add_argument("--all", action="store_true", help="every registered genotype")
     add_flag(sections, "--init_channels", type=_positive, default=36,

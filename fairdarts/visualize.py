@@ -1,7 +1,8 @@
 """Cell pictures: ``python -m fairdarts.visualize --arch FairDARTS_a`` writes PNG and SVG.
 
-Nodes: the two cell inputs ``c_{k-2}``, ``c_{k-1}``, the intermediate nodes and the output
-``c_{k}``; edges are labelled by op. Isolated intermediate nodes of a Fair DARTS genotype
+Nodes: the two cell inputs c_{k-2} and c_{k-1} (drawn with subscripts, as Graphviz HTML-like
+labels), the intermediate nodes and the output c_{k}; edges are labelled by op, spaced so that
+the labels of two edges into one node do not touch. Isolated intermediate nodes of a Fair DARTS genotype
 (no incoming edge) are drawn grey and dashed: the derived network drops them. Rendering
 uses Graphviz's ``dot`` program (Debian package ``graphviz``); the DOT source is written
 even when ``dot`` is missing.
@@ -15,10 +16,14 @@ from pathlib import Path
 
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
+from fairdarts.invocation import command, prog
 from fairdarts.safe_io import check_outputs
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 from fairdarts.search_space.mobile_genotype import MobileGenotype
 
+DESCRIPTION = ("Cell pictures of a genotype: the normal and the reduction cell as DOT, PNG and SVG. Edges are "
+               "labelled by op; intermediate nodes with no input (dropped by the derived network) are grey "
+               "and dashed. PNG and SVG need Graphviz's dot program.")
 INSTALL_HINT = "install Graphviz to render it: `apt-get install graphviz` (Debian/Ubuntu) or `conda install graphviz`"
 
 
@@ -26,22 +31,28 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', r'\"') + '"'
 
 
+#: The cell's inputs and output: DOT node id -> subscript, drawn c<SUB>...</SUB>.
+CELL_IO = {"c_k_2": "k-2", "c_k_1": "k-1", "c_k": "k"}
+
+
 def cell_to_dot(genotype: Genotype, reduction: bool, title: str = "") -> str:
-    """The DOT source of one cell."""
+    """The DOT source of one cell. ``nodesep`` and ``ranksep`` leave room for the op labels:
+    Graphviz stacks the labels of the edges into one node between its inputs, where the default
+    spacing let two of them touch."""
     edges, _ = genotype.cell(reduction)
     live = genotype.live_nodes(reduction)
     steps = max([e.to for e in edges] + [5]) - 1
     lines = [
         "digraph cell {",
-        "  rankdir=LR;",
+        "  rankdir=LR; nodesep=0.5; ranksep=0.9;",
         f"  label={_quote(title)}; labelloc=t; fontname=Helvetica;",
         "  node [style=filled, shape=rect, fontname=Helvetica, fontsize=18, height=0.5];",
         "  edge [fontname=Helvetica, fontsize=14];",
-        '  "c_{k-2}" [fillcolor=darkseagreen2];',
-        '  "c_{k-1}" [fillcolor=darkseagreen2];',
-        '  "c_{k}" [fillcolor=palegoldenrod];',
     ]
-    node_name = {0: "c_{k-2}", 1: "c_{k-1}"}
+    for node, sub in CELL_IO.items():
+        colour = "palegoldenrod" if node == "c_k" else "darkseagreen2"
+        lines.append(f"  {node} [label=<c<SUB>{sub}</SUB>>, fillcolor={colour}];")
+    node_name = {0: "c_k_2", 1: "c_k_1"}
     for node in range(2, steps + 2):
         node_name[node] = str(node - 2)
         if node in live:
@@ -55,7 +66,7 @@ def cell_to_dot(genotype: Genotype, reduction: bool, title: str = "") -> str:
         style = ", color=gray60, fontcolor=gray50, style=dashed" if dead else ""
         lines.append(f"  {_quote(node_name[e.src])} -> {_quote(node_name[e.to])} [label={_quote(label)}{style}];")
     for node in live:
-        lines.append(f"  {_quote(node_name[node])} -> \"c_{{k}}\" [color=gray];")
+        lines.append(f"  {_quote(node_name[node])} -> c_k [color=gray];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -85,8 +96,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, name: str = "genoty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(prog="python -m fairdarts.visualize", description=__doc__,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CLIParser(prog=prog("visualize"), description=DESCRIPTION)
     sections = help_sections(p)
     add_flag(sections, "--arch", required=True,
              help="genotype name, JSON file, search run folder or Genotype(...) text (required)")
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     genotype = get_genotype(args.arch)
     if isinstance(genotype, MobileGenotype):
         raise UserError(f"{args.arch} is a mobile genotype (a chain of layers, no cells to draw); "
-                        "`python -m fairdarts.summary --arch` sizes it, "
+                        f"`{command('summary')} --arch` sizes it, "
                         "a search's plots/alpha_mobile.png shows its gates")
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():

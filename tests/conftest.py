@@ -1,8 +1,12 @@
-"""Shared test helpers: the fixture files (tests/fixtures, copied from ../shared), small thread counts."""
+"""Shared test helpers: the fixture files (tests/fixtures, copied from ../shared or rebuilt from
+a recipe; tests/fixtures/README.md), small thread counts."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 import torch
@@ -28,24 +32,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+#: What tests/fixtures holds and where it came from: the sha256 of each copied file, and the
+#: state digest of each official-layout checkpoint that is rebuilt instead of kept.
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+#: How the official-layout checkpoints were made (tests/fixtures/compat/README.md): weights
+#: initialised under torch.manual_seed(0), then BatchNorm statistics from 3 training-mode
+#: passes of torch.randn(8, 3, 32, 32) drawn next from the same generator.
+REBUILD_SEED, REBUILD_PASSES, REBUILD_BATCH = 0, 3, 8
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's keys, dtypes, shapes and values, in order (no file format in it)."""
+    h = hashlib.sha256()
+    for key, tensor in state.items():
+        h.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rebuild_official_checkpoint(name: str) -> dict:
+    """The official-layout checkpoint of genotype ``name`` (16 channels, 8 cells), made again by
+    its recipe; :func:`compat_files` checks it against the official file's recorded digest."""
+    import fairdarts
+
+    torch.manual_seed(REBUILD_SEED)
+    net = fairdarts.build_network(name, init_channels=16, layers=8, num_classes=10, auxiliary=True)
+    net.train()
+    with torch.no_grad():
+        for _ in range(REBUILD_PASSES):
+            net(torch.randn(REBUILD_BATCH, 3, 32, 32))
+    return {"state_dict": net.state_dict(), "epoch": 1, "best_acc_top1": 0.0}
+
+
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """../shared, for the tests that check tests/fixtures against the files it was copied from."""
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} (the shared facts folder beside the checkout) is absent")
-    return SHARED
+def compat_files(tmp_path_factory):
+    """``compat_files(NAME)``: the official-layout checkpoint ``NAME-C16-L8.tar`` and its reference
+    logits ``.io.pt``. The repository keeps two checkpoints (about 3 MB each) and every logits
+    file; the other three checkpoints are rebuilt once per session, and used only when their
+    state digest is the official file's (tests/fixtures/manifest.json)."""
+    rebuilt = tmp_path_factory.mktemp("compat")
 
-
-def compat_files(name: str) -> tuple[Path, Path]:
-    """The official-layout checkpoint ``NAME-C16-L8.tar`` and its reference logits ``.io.pt``.
-
-    The repository keeps two of them (tests/fixtures/compat, a few MB); the other three are read
-    from ../shared/compat when it is beside the checkout, and their tests skip otherwise. Every
-    layout's keys and shapes are in tests/fixtures/compat/state_dict_shapes.json either way."""
-    for folder in (COMPAT, SHARED / "compat"):
-        if (folder / f"{name}-C16-L8.tar").is_file():
-            return folder / f"{name}-C16-L8.tar", folder / f"{name}-C16-L8.io.pt"
-    pytest.skip(f"{name}-C16-L8.tar is kept only in {SHARED / 'compat'}, which is absent")
+    def files(name: str) -> tuple[Path, Path]:
+        io = COMPAT / f"{name}-C16-L8.io.pt"
+        tar = COMPAT / f"{name}-C16-L8.tar"
+        if tar.is_file():
+            return tar, io
+        tar = rebuilt / tar.name
+        if not tar.is_file():
+            checkpoint = rebuild_official_checkpoint(name)
+            digest = state_digest(checkpoint["state_dict"])
+            assert digest == MANIFEST["rebuilt"][name]["state_sha256"], \
+                f"the rebuilt {name} checkpoint is not the official one (see tests/fixtures/README.md)"
+            torch.save(checkpoint, tar)
+        return tar, io
+    return files
 
 
 @pytest.fixture(scope="module")

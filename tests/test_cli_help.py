@@ -1,5 +1,6 @@
 """Every command's ``--help``: every flag explained, in its section, its default said once,
-required flags marked required; and ``--threads`` sets the threads a run computes with."""
+required flags marked required, no docstring markup, one metavar per flag name, rules offered
+per search space; and ``--threads`` sets the threads a run computes with."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from fairdarts.evaluation.cli import EvalConfig
 from fairdarts.help_groups import GROUPS, group_of
 from fairdarts.search import cli as search_cli
 from fairdarts.search import derive_cli
-from fairdarts import summary, visualize
+from fairdarts import doctor, summary, visualize
 from fairdarts.search.config import SearchConfig
 from fairdarts.threads import available_cores
 from fairdarts.train import cli as train_cli
@@ -31,6 +32,7 @@ CONFIG_CLIS = {"train_search.py": SearchConfig, "darts/train_search.py": DartsSe
                "train.py": TrainConfig, "evaluate.py": EvalConfig}
 PARSERS = {**{prog: (lambda c=cls, p=prog: build_parser(c, p, "test")) for prog, cls in CONFIG_CLIS.items()},
            "summary": summary.build_parser, "derive": derive_cli.build_parser, "visualize": visualize.build_parser,
+           "doctor": doctor.build_parser,
            **{f"collapse_study {name}": (lambda n=name: _subparser(collapse_study["build_parser"](), n))
               for name in ("run", "report", "retrain")}}
 
@@ -59,7 +61,7 @@ def test_every_flag_is_explained_with_its_default_said_once(prog):
             assert "default" not in action.help, f"{prog} {name} is required but shows a default"
 
 
-@pytest.mark.parametrize("prog", [p for p in PARSERS if not p.startswith("collapse_study")])
+@pytest.mark.parametrize("prog", [p for p in PARSERS if not p.startswith("collapse_study") and p != "doctor"])
 def test_flags_sit_in_their_sections_in_order(prog):
     parser = PARSERS[prog]()
     fields = {f.name: f for f in dataclasses.fields(CONFIG_CLIS[prog])} if prog in CONFIG_CLIS else {}
@@ -83,11 +85,46 @@ def test_required_flag_is_shown_required(capsys):
     parser = PARSERS["evaluate.py"]()
     model_path = next(a for a in flags(parser) if a.dest == "model_path")
     assert model_path.required and model_path.help.endswith("(required)")
-    assert "[--model_path" not in parser.format_usage() and "--model_path STR" in parser.format_usage()
+    assert "[--model_path" not in parser.format_usage() and "--model_path FILE" in parser.format_usage()
     with pytest.raises(SystemExit) as exc:
         parser.parse_args([])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == "error: the following arguments are required: --model_path (see --help)"
+
+
+@pytest.mark.parametrize("prog", PARSERS)
+def test_help_has_no_docstring_markup(prog):
+    text = PARSERS[prog]().format_help()
+    assert not re.search(r"``|:(class|func|mod|data|meth):`", text), prog
+
+
+def test_one_metavar_per_flag_name_from_the_shared_set():
+    """A flag is spelled the same in every installed command (``--data DIR`` everywhere); ``--out``
+    is a file for derive and a folder for visualize, as it says."""
+    seen: dict[str, set[str]] = {}
+    for prog, make in PARSERS.items():
+        if prog.startswith("collapse_study"):  # a research script of the repository, not a command
+            continue
+        for action in flags(make()):
+            if action.option_strings and action.nargs != 0 and not action.choices:
+                seen.setdefault(action.option_strings[-1], set()).add(str(action.metavar))
+    allowed = {"INT", "FLOAT", "STR", "DIR", "FILE", "RUN_DIR", "ARCH", "METHOD"}
+    assert all(metavars <= allowed for metavars in seen.values()), seen
+    assert {flag for flag, metavars in seen.items() if len(metavars) > 1} == {"--out"}
+
+
+@pytest.mark.parametrize("prog", ["train_search.py", "train.py", "derive"])
+def test_parse_method_offers_each_space_its_own_rules(prog):
+    action = next(a for a in flags(PARSERS[prog]()) if a.dest == "parse_method")
+    assert action.metavar == "METHOD" and action.choices is None
+    help_text = " ".join(action.help.split())
+    assert "cell: darts, threshold_sparse, threshold_edge; mobile: argmax, threshold" in help_text \
+        or "cell run: darts, threshold_sparse, threshold_edge; mobile run: argmax, threshold" in help_text
+
+
+def test_darts_search_offers_only_cell_rules():
+    action = next(a for a in flags(PARSERS["darts/train_search.py"]()) if a.dest == "parse_method")
+    assert set(action.choices) == {"darts", "threshold_sparse", "threshold_edge"}
 
 
 def test_a_flag_without_a_section_lands_in_other():
@@ -132,7 +169,11 @@ def test_threads_flag_sets_the_threads_the_run_computes_with(command, tmp_path, 
         torch.set_num_threads(before)
     assert seen == [want]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["threads"] == want
-    assert f"intra-op CPU threads: {want} (--threads)" in (tmp_path / "run" / "log.txt").read_text()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"intra-op CPU threads: {want} (--threads)" in log
+    assert "warning: random crops pad 4 px on each side of 8 px images" in log  # fitted to the image size
+    if command == "train":  # cutout is on by default in the retraining only
+        assert "cutout 4 px: half the 8 px images (--cutout_length sets it)" in log
     if command == "train":  # evaluate.py and the summary on the checkpoint just written
         capsys.readouterr()
         try:

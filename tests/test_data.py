@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fairdarts.data import (
-    DATASETS, BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader,
-    make_synthetic, normalize, split_train_portion,
+    DATASETS, BatchAugment, InfiniteBatches, InMemoryImages, InMemoryLoader, fit_to_image, load_dataset,
+    make_dataloader, make_synthetic, normalize, split_train_portion,
 )
 from fairdarts.errors import UserError
 from fixtures_data import idx_bytes, write_cifar10, write_cifar100, write_idx_set, write_image_folder
@@ -275,6 +275,28 @@ def test_cutout_zeroes_one_square_after_normalising():
             assert (rows.diff() == 1).all() and (cols.diff() == 1).all()
         sizes.add((len(rows), len(cols)))
     assert (6, 6) in sizes and any(s != (6, 6) for s in sizes)  # whole squares, and squares clipped at borders
+
+
+@pytest.mark.parametrize("size, given, length, said", [
+    (32, None, 16, "cutout 16 px: half the 32 px images"),        # DARTS' CIFAR setting, unchanged
+    (16, None, 8, "cutout 8 px: half the 16 px images"),          # scaled, not 16 px on 16 px
+    (16, 16, 16, "warning: --cutout_length 16 is as large as the 16 px images"),
+    (32, 16, 16, None),                                           # as given, nothing to say
+    (16, 0, 0, None),                                             # cutout off
+])
+def test_cutout_is_fitted_to_the_image_size(size, given, length, said):
+    fitted = fit_to_image(size, given)
+    assert fitted.cutout_length == length and fitted.crop_padding == 4
+    assert [n for n in fitted.notes if "cutout" in n] == ([] if said is None else [fitted.notes[0]])
+    assert said is None or fitted.notes[0].startswith(said)
+
+
+def test_crop_padding_stays_and_is_warned_about_on_tiny_images():
+    assert fit_to_image(16, 0).notes == ()
+    assert fit_to_image(8, 0).notes == ("warning: random crops pad 4 px on each side of 8 px images: a crop can be "
+                                        "half padding",)
+    no_crop = fit_to_image(8, 0, crop=False)
+    assert (no_crop.crop_padding, no_crop.notes) == (0, ())
 
 
 def test_auto_augment_is_deterministic_given_the_generator():

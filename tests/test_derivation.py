@@ -15,10 +15,6 @@ from conftest import FIXTURES
 GOLDEN = json.loads((FIXTURES / "parse_golden.json").read_text())
 
 
-def test_fixture_is_the_shared_golden_file(shared_dir) -> None:
-    assert json.loads((shared_dir / "golden" / "parse_golden.json").read_text()) == GOLDEN
-
-
 @pytest.mark.parametrize("case", GOLDEN, ids=[f"{c['name']}-{c['method']}-{c['op_threshold']}" for c in GOLDEN])
 def test_golden_vector(case: dict) -> None:
     edges = derive(case["weights"], case["primitives"], case["method"], case["op_threshold"])

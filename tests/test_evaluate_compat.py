@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import COMPAT, compat_files
+from conftest import COMPAT
 from fairdarts.errors import run_cli
 from fairdarts.evaluation.cli import main
 from fairdarts.evaluation.evaluator import load_model
@@ -38,7 +38,7 @@ def one_line_error(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_official_checkpoint_logits_through_evaluate(name, tmp_path, capsys):
+def test_official_checkpoint_logits_through_evaluate(name, tmp_path, capsys, compat_files):
     tar, io = compat_files(name)
     out = tmp_path / "logits.pt"
     assert main(["--model_path", str(tar), "--arch", name, "--init_channels", "16", "--layers", "8",
@@ -51,7 +51,7 @@ def test_official_checkpoint_logits_through_evaluate(name, tmp_path, capsys):
 
 
 @pytest.fixture()
-def cifar_test_set(tmp_path) -> Path:
+def cifar_test_set(tmp_path, compat_files) -> Path:
     """A CIFAR-10 folder whose test_batch holds the 4 stored inputs, de-normalised to uint8."""
     x = torch.load(compat_files("FairDARTS_a")[1], weights_only=True)["input"]
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
@@ -66,7 +66,7 @@ def cifar_test_set(tmp_path) -> Path:
     return tmp_path
 
 
-def test_cifar_format_test_set_per_class_and_confusion(cifar_test_set, tmp_path, capsys):
+def test_cifar_format_test_set_per_class_and_confusion(cifar_test_set, tmp_path, capsys, compat_files):
     tar, _ = compat_files("FairDARTS_a")
     png = tmp_path / "confusion.png"
     assert main(["--model_path", str(tar), "--arch", "FairDARTS_a", "--init_channels", "16", "--layers", "8",
@@ -77,7 +77,7 @@ def test_cifar_format_test_set_per_class_and_confusion(cifar_test_set, tmp_path,
     assert png.stat().st_size > 0
 
 
-def test_onnx_export_matches_pytorch(tmp_path, capsys):
+def test_onnx_export_matches_pytorch(tmp_path, capsys, compat_files):
     pytest.importorskip("onnx")
     tar, io = compat_files("FairDARTS_a")
     path = tmp_path / "net.onnx"
@@ -93,7 +93,7 @@ def test_onnx_export_matches_pytorch(tmp_path, capsys):
     assert "onnxruntime max |logit diff|" in out
 
 
-def test_checkpoint_not_fitting_the_genotype_names_keys(capsys):
+def test_checkpoint_not_fitting_the_genotype_names_keys(capsys, compat_files):
     tar, io = compat_files("FairDARTS_a")
     err = one_line_error(["--model_path", str(tar), "--arch", "DARTS_V2", "--init_channels", "16", "--layers", "8",
                           "--inputs", str(io)], capsys)
@@ -103,7 +103,7 @@ def test_checkpoint_not_fitting_the_genotype_names_keys(capsys):
     assert "layers=9: missing: cells." in err
 
 
-def test_corrupt_and_missing_files_fail_in_one_line(tmp_path, capsys):
+def test_corrupt_and_missing_files_fail_in_one_line(tmp_path, capsys, compat_files):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"\x80\x02not a checkpoint at all")
     assert "corrupt" in one_line_error(["--model_path", str(bad), "--arch", "FairDARTS_a"], capsys)
@@ -118,7 +118,7 @@ def test_corrupt_and_missing_files_fail_in_one_line(tmp_path, capsys):
     assert "export" in one_line_error(["--model_path", str(tar), "--export", "tflite"], capsys)
 
 
-def test_root_entry_runs():
+def test_root_entry_runs(compat_files):
     tar, io = compat_files("DARTS_V2")
     proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tar), "--arch", "DARTS_V2",
                            "--init_channels", "16", "--layers", "8", "--inputs", str(io), "--device", "cpu"],
@@ -141,10 +141,7 @@ def test_every_official_layout_loads_strictly(name, tmp_path):
     assert {k: list(v.shape) for k, v in loaded.model.state_dict().items()} == shapes
 
 
-def test_fixtures_are_the_shared_files(shared_dir):
-    """tests/fixtures/compat is a copy of ../shared/compat: byte-equal files, shapes read off every checkpoint."""
-    for kept in sorted(COMPAT.glob("*.tar")) + sorted(COMPAT.glob("*.io.pt")) + [COMPAT / "README.md"]:
-        assert kept.read_bytes() == (shared_dir / "compat" / kept.name).read_bytes(), kept.name
-    for name in NAMES:
-        state = torch.load(shared_dir / "compat" / f"{name}-C16-L8.tar", weights_only=True)["state_dict"]
-        assert list(SHAPES[name]) == list(state) and all(SHAPES[name][k] == list(v.shape) for k, v in state.items())
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_map_is_read_off_each_official_checkpoint(name, compat_files):
+    state = torch.load(compat_files(name)[0], weights_only=True)["state_dict"]
+    assert list(SHAPES[name]) == list(state) and all(SHAPES[name][k] == list(v.shape) for k, v in state.items())

@@ -17,10 +17,6 @@ PUBLISHED = ["FairDARTS_a", "FairDARTS_b", "FairDARTS_c", "FairDARTS_d", "FairDA
              "DARTS_EXP1_RE1"]
 
 
-def test_fixture_is_the_shared_genotype_file(shared_dir: Path) -> None:
-    assert (FIXTURES / "genotypes.json").read_bytes() == (shared_dir / "genotypes.json").read_bytes()
-
-
 def test_registry_holds_every_shared_genotype() -> None:
     shared = json.loads((FIXTURES / "genotypes.json").read_text())["genotypes"]
     assert set(shared) == {n for n in registered_names() if get_genotype(n).form != "mobile"}  # S2: test_mobile

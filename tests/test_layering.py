@@ -10,7 +10,8 @@ and the units of one layer do not import each other.
    none imports another (evaluation rebuilds networks from ``search_space`` and the checkpoint
    format alone; retraining reads a search run folder through ``search_space``);
 4. the public facade ``fairdarts`` (its ``__init__``);
-5. tools on the facade: ``fairdarts.summary``, ``fairdarts.ablations``.
+5. tools on the facade: ``fairdarts.summary``, ``fairdarts.ablations``, ``fairdarts.doctor``;
+6. the installed console scripts, ``fairdarts.console``: one entry per command above.
 
 A module may import its own unit at any depth, and anything of a lower layer. Lazy imports
 inside functions count the same.
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     "fairdarts.search_space": 1, "fairdarts.flops": 2, "fairdarts.visualize": 2,
     "fairdarts.search": 3, "fairdarts.train": 3, "fairdarts.evaluation": 3,
-    "fairdarts": 4, "fairdarts.summary": 5, "fairdarts.ablations": 5,
+    "fairdarts": 4, "fairdarts.summary": 5, "fairdarts.ablations": 5, "fairdarts.doctor": 5,
+    "fairdarts.console": 6,
 }
 
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import fairdarts
-from conftest import compat_files
 from fairdarts.errors import UserError
 from fairdarts.search_space import get_genotype, registered_names
 
@@ -23,7 +22,7 @@ PUBLISHED = {
 
 
 @pytest.mark.parametrize("name", COMPAT)
-def test_official_checkpoint_loads_strictly_and_reproduces_logits(name: str) -> None:
+def test_official_checkpoint_loads_strictly_and_reproduces_logits(name: str, compat_files) -> None:
     tar, io_path = compat_files(name)
     ckpt, io = torch.load(tar, weights_only=True), torch.load(io_path, weights_only=True)
     net = fairdarts.build_network(name, init_channels=16, layers=8, num_classes=10, auxiliary=True)

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO
 from fairdarts.search_space import get_genotype
+from fairdarts.search.artifacts import edge_labels
 from fairdarts.visualize import cell_to_dot
 
 
@@ -48,7 +49,25 @@ def test_summary_bad_input_is_one_line(args: list[str], message: str) -> None:
 def test_isolated_nodes_are_grey_in_the_dot_source() -> None:
     dot = cell_to_dot(get_genotype("FairDARTS_c"), reduction=False)
     assert '"1" [shape=circle, fillcolor=gray85' in dot  # node 3 (drawn "1") has no input
-    assert dot.count("label=") == 1 + len(get_genotype("FairDARTS_c").normal)
+    assert dot.count("label=") == 1 + 3 + len(get_genotype("FairDARTS_c").normal)  # title, c_k's, edges
+
+
+def test_cell_inputs_and_output_are_drawn_with_subscripts() -> None:
+    dot = cell_to_dot(get_genotype("FairDARTS_a"), reduction=False)
+    for node, sub in (("c_k_2", "k-2"), ("c_k_1", "k-1"), ("c_k", "k")):
+        assert f"  {node} [label=<c<SUB>{sub}</SUB>>" in dot
+    assert "c_{" not in dot
+    assert "nodesep=0.5; ranksep=0.9;" in dot  # room for the stacked op labels of node 0's two inputs
+
+
+def test_alpha_plot_titles_are_mathtext_subscripts() -> None:
+    from matplotlib.mathtext import MathTextParser
+
+    labels = edge_labels(4)
+    assert labels[:3] == ["$c_{k-2}$ \u2192 0", "$c_{k-1}$ \u2192 0", "$c_{k-2}$ \u2192 1"]
+    parser = MathTextParser("path")
+    for label in labels[:2]:
+        parser.parse(label.split(" ")[0])  # raises on text that is not valid mathtext
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")

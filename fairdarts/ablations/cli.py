@@ -9,7 +9,8 @@ through the shared search, with the Fair DARTS paper's ablations.
     python darts/random_search.py --num_identity 2 --num_arch 8   # the same as --random_search
 
 Every flag of ``train_search.py`` works here too (same names, same meaning); only the
-defaults are the DARTS ones. Also ``python -m fairdarts.ablations.cli``.
+defaults are the DARTS ones. Also ``python -m fairdarts.ablations.cli`` and, installed,
+``fairdarts-darts-search`` / ``fairdarts-random-search``.
 """
 from __future__ import annotations
 
@@ -21,30 +22,30 @@ from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.ablations.searcher import DartsSearcher
 from fairdarts.config import resolve_config
 from fairdarts.errors import run_cli
+from fairdarts.invocation import prog
 from fairdarts.search import cli as search_cli
 from fairdarts.threads import set_threads
 
-PROG = "darts/train_search.py"
-RANDOM_PROG = "darts/random_search.py"
 DESCRIPTION = ("DARTS architecture search (softmax over 8 ops) with the Fair DARTS ablations: "
                "--noise_darts, --random_search, --reweight")
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Parse the DARTS options; ``--random_search`` samples genotypes, anything else searches."""
+def main(argv: Sequence[str] | None = None, name: str = "darts-search") -> int:
+    """Parse the DARTS options; ``--random_search`` samples genotypes, anything else searches.
+    ``name``: the command's key in :data:`fairdarts.invocation.COMMANDS`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = resolve_config(DartsSearchConfig, argv, prog, DESCRIPTION)
+    cfg = resolve_config(DartsSearchConfig, argv, prog(name), DESCRIPTION)
     if cfg.random_search:
         from fairdarts.ablations.random_search import run_random_search  # the search needs none of it
         return run_random_search(dataclasses.replace(cfg, threads=set_threads(cfg.threads)))
-    return search_cli.main(argv, config_cls=DartsSearchConfig, searcher_cls=DartsSearcher, prog=prog,
+    return search_cli.main(argv, config_cls=DartsSearchConfig, searcher_cls=DartsSearcher, name=name,
                            description=DESCRIPTION)
 
 
 def random_search_main(argv: Sequence[str] | None = None) -> int:
     """``darts/random_search.py``: ``darts/train_search.py --random_search`` under its own name."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return main(["--random_search", *argv], prog=RANDOM_PROG)
+    return main(["--random_search", *argv], name="random-search")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,47 @@ so a batch is a pure function of its images and the generator's state.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+
+#: DARTS' CIFAR crop: ``RandomCrop(32, padding=4)``.
+CROP_PADDING = 4
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The augmentation sizes for one image size, and the log lines that say what was chosen."""
+    crop_padding: int
+    cutout_length: int
+    notes: tuple[str, ...]
+
+
+def fit_to_image(image_size: int, cutout_length: int | None, crop: bool = True) -> Fitted:
+    """Crop padding and cutout length (0: off) for ``image_size`` px images, with a note for
+    anything that was scaled or makes little sense at that size.
+
+    ``cutout_length=None`` takes half the image side: DARTS' 16 px at 32 px, 8 px at 16 px (a
+    16 px square on a 16 px image blanks the whole image when centred on it). A length given as
+    large as the image is kept but warned about. The crop padding stays DARTS' 4 px (the
+    search's numbers depend on it); where it reaches half the image side a crop can be more
+    padding than image, which is warned about too.
+    """
+    notes = []
+    length = 0 if cutout_length == 0 else (cutout_length or max(1, image_size // 2))
+    if cutout_length is None and length:
+        notes.append(f"cutout {length} px: half the {image_size} px images (--cutout_length sets it)")
+    elif length >= image_size:
+        notes.append(f"warning: --cutout_length {length} is as large as the {image_size} px images: a square "
+                     f"centred on an image blanks all of it (half the side, {image_size // 2}, is DARTS' ratio)")
+    padding = CROP_PADDING if crop else 0
+    if padding and 2 * padding >= image_size:
+        notes.append(f"warning: random crops pad {padding} px on each side of {image_size} px images: a crop can "
+                     "be half padding")
+    return Fitted(padding, length, tuple(notes))
 
 
 def _stats(values: Sequence[float], device: torch.device) -> Tensor:

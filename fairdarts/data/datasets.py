@@ -29,7 +29,6 @@ import math
 import pickle
 import zlib
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -100,7 +99,7 @@ class InMemoryImages:
         return InMemoryImages(self.images[index], self.labels[index], self.info)
 
 
-class _Missing(Exception):
+class MissingFiles(Exception):
     """A dataset's files are not where torchvision puts them; the message names them."""
 
 
@@ -151,15 +150,36 @@ def _unpickle(path: Path) -> dict:
     return blob
 
 
+def split_files(name: str, root: Path, split: Split) -> list[Path]:
+    """The files of ``split`` of the in-memory dataset ``name`` under ``root`` (torchvision's
+    layouts, see the module doc); :class:`MissingFiles`, naming what is expected, when one is
+    absent. The readers and ``fairdarts.doctor`` look in these same places."""
+    if name in ("cifar10", "cifar100"):
+        folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+        names = ([f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]) \
+            if name == "cifar10" else [split]
+        paths = [folder / n for n in names]
+        if not all(p.is_file() for p in paths):
+            raise MissingFiles(f"expected {folder}/{'data_batch_1..5' if len(names) == 5 else names[0]}")
+        return paths
+    if name == "svhn":
+        path = root / f"{split}_32x32.mat"
+        if not path.is_file():
+            raise MissingFiles(f"expected {path}")
+        return [path]
+    dirs = [root, root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"]
+    prefix = "train" if split == "train" else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    found = [_find(dirs, s) for s in stems]
+    if None in found:
+        raise MissingFiles(f"expected {stems[0]}[.gz] and {stems[1]}[.gz] in {root} or {dirs[1]}")
+    return found  # type: ignore[return-value]
+
+
 def _read_cifar(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
-    if info.name == "cifar10":
-        folder, label_key = root / "cifar-10-batches-py", b"labels"
-        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    else:
-        folder, label_key, names = root / "cifar-100-python", b"fine_labels", [split]
-    paths = [folder / n for n in names]
-    if not all(p.is_file() for p in paths):
-        raise _Missing(f"expected {folder}/{'data_batch_1..5' if len(names) == 5 else names[0]}")
+    paths = split_files(info.name, root, split)
+    label_key = b"labels" if info.name == "cifar10" else b"fine_labels"
+    folder = paths[0].parent
     images, labels = [], []
     for path in paths:
         batch = _unpickle(path)
@@ -180,9 +200,7 @@ def _read_cifar(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
 
 # ----- SVHN: MATLAB files --------------------------------------------------------------------
 def _read_svhn(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
-    path = root / f"{split}_32x32.mat"
-    if not path.is_file():
-        raise _Missing(f"expected {path}")
+    path, = split_files("svhn", root, split)
     try:
         import scipy.io
     except ImportError:
@@ -235,13 +253,8 @@ def _find(dirs: Sequence[Path], stem: str) -> Path | None:
     return next((d / n for d in dirs for n in (stem, stem + ".gz") if (d / n).is_file()), None)
 
 
-def _read_mnist(root: Path, split: Split, info: DatasetInfo, folder: str) -> InMemoryImages:
-    dirs = [root, root / folder / "raw"]
-    prefix = "train" if split == "train" else "t10k"
-    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-    paths = [_find(dirs, s) for s in stems]
-    if None in paths:
-        raise _Missing(f"expected {stems[0]}[.gz] and {stems[1]}[.gz] in {root} or {dirs[1]}")
+def _read_mnist(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
+    paths = split_files(info.name, root, split)
     images, labels = read_idx(paths[0], 2051), read_idx(paths[1], 2049)
     if len(images) != len(labels):
         raise UserError(f"{paths[0]} holds {len(images)} images but {paths[1]} {len(labels)} labels; "
@@ -252,7 +265,7 @@ def _read_mnist(root: Path, split: Split, info: DatasetInfo, folder: str) -> InM
 
 _READERS: dict[str, Callable[[Path, Split, DatasetInfo], InMemoryImages]] = {
     "cifar10": _read_cifar, "cifar100": _read_cifar, "svhn": _read_svhn,
-    "mnist": partial(_read_mnist, folder="MNIST"), "fashion_mnist": partial(_read_mnist, folder="FashionMNIST"),
+    "mnist": _read_mnist, "fashion_mnist": _read_mnist,
 }
 
 
@@ -340,6 +353,15 @@ def _tolerant_folder_class():
     return TolerantImageFolder
 
 
+_FOLDER_SPLITS: dict[str, tuple[str, ...]] = {"train": ("train",), "test": ("val", "test")}
+
+
+def folder_split(root: Path, split: Split) -> Path | None:
+    """The folder of ``split`` in an ImageFolder tree (``root/train``; ``root/val``, else
+    ``root/test``), or None; ImageNet and ``folder`` datasets are read from there."""
+    return next((root / c for c in _FOLDER_SPLITS[split] if (root / c).is_dir()), None)
+
+
 def load_image_folder(name: str, root: str | Path, split: Split,
                       image_size: int | None = None) -> torch.utils.data.Dataset:
     """``root/train`` or ``root/val`` (else ``root/test``) as an ``ImageFolder`` with the DARTS
@@ -348,10 +370,9 @@ def load_image_folder(name: str, root: str | Path, split: Split,
 
     TolerantImageFolder = _tolerant_folder_class()
     root = Path(root).expanduser()
-    candidates = ["train"] if split == "train" else ["val", "test"]
-    folder = next((root / c for c in candidates if (root / c).is_dir()), None)
+    folder = folder_split(root, split)
     if folder is None:
-        wanted = " or ".join(str(root / c) for c in candidates)
+        wanted = " or ".join(str(root / c) for c in _FOLDER_SPLITS[split])
         raise UserError(f"{name} {split} images not found: expected {wanted} with one sub-folder of images per "
                         f"class (ImageFolder layout); point --data at the folder that holds train/ and val/")
     size = image_size or DATASETS["imagenet"].image_size
@@ -398,14 +419,14 @@ def load_dataset(name: str, root: str, split: Split, download: bool = False, ima
     read = _READERS[info.name]
     try:
         data = read(path, split, info)
-    except _Missing as missing:
+    except MissingFiles as missing:
         if not download:
             raise UserError(f"{info.name} {split} data not found: {missing} (torchvision's layout); "
                             f"put the files there or pass --download") from None
         failure = _download(info.name, path, split)
         try:
             data = read(path, split, info)
-        except _Missing:
+        except MissingFiles:
             raise UserError(f"downloading {info.name} into {path} failed ({one_line(failure)}); fetch it "
                             f"elsewhere and put the files there: {missing}") from None
     if len(data) == 0:

@@ -1,4 +1,5 @@
-"""``python evaluate.py --model_path X``: FLOPs and params, then top-1 / top-5 and loss on the test set.
+"""``python evaluate.py --model_path X`` (``fairdarts-evaluate``): FLOPs and params, then top-1 / top-5
+and loss on the test set.
 
 A project checkpoint needs no other flag (genotype, sizes and dataset are inside); an official
 one takes the genotype from ``--arch`` or from ``fairdarts/best_models.yaml``. ``--inputs FILE``
@@ -19,18 +20,18 @@ from fairdarts.config import field_help, resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.data import DATASET_CHOICES, BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import resolve_device
-from fairdarts.errors import UserError, one_line
+from fairdarts.errors import UserError, one_line, run_cli
 from fairdarts.evaluation.evaluator import (
     MANIFEST, EvalResult, LoadedModel, evaluate, load_model, plot_confusion,
 )
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
+from fairdarts.invocation import prog
 from fairdarts.run_dir import progress
 from fairdarts.safe_io import check_outputs, check_writable
 from fairdarts.search_space import NetworkSpec
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
-PROG = "evaluate.py"
 DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, loss, throughput"
 
 
@@ -50,7 +51,10 @@ class EvalConfig:
     download: bool = field_help(False, "download the dataset into --data if it is missing")
     subset: int | None = field_help(None, "evaluate only the first N test images", low=1)
     image_size: int | None = field_help(None, "resize test images (default: the checkpoint's / dataset's)", low=4)
-    inputs: str | None = field_help(None, "evaluate a saved tensor batch instead of a dataset (see the module doc)")
+    inputs: str | None = field_help(None, "evaluate a saved torch file instead of a dataset: {'input': float "
+                                          "[N, C, H, W] normalised images, 'target': [N] labels (optional), "
+                                          "'logits': [N, K] reference logits (optional; the largest difference "
+                                          "is printed)}")
     batch_size: int = field_help(256, "batch size", low=1, group="devices/speed")
     workers: int = field_help(4, "DataLoader workers (on-disk datasets)", low=0)
     device: str = field_help("auto", "auto, cpu, cuda or cuda:N")
@@ -154,7 +158,7 @@ def report(result: EvalResult, names: list[str] | None, per_class: bool, threads
 
 def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
-    cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), PROG, DESCRIPTION)
+    cfg = resolve_config(EvalConfig, list(sys.argv[1:] if argv is None else argv), prog("evaluate"), DESCRIPTION)
     check_paths(cfg)
     threads = set_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -209,3 +213,7 @@ def export(cfg: EvalConfig, loaded: LoadedModel, shape: tuple[int, ...]) -> None
     print(f"ONNX: {path} ({check})")
     if diff is not None and diff > 1e-3:
         raise UserError(f"the ONNX model's logits differ from PyTorch's by {diff:.2e}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

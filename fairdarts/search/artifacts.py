@@ -88,8 +88,9 @@ class AlphaHistory:
 
 def node_name(index: int) -> str:
     """A cell state as the cell pictures of :mod:`fairdarts.visualize` name it: the inputs
-    ``c_{k-2}``, ``c_{k-1}``, then the intermediate nodes 0, 1, 2, ..."""
-    return ("c_{k-2}", "c_{k-1}")[index] if index < 2 else str(index - 2)
+    c_{k-2}, c_{k-1} (as matplotlib mathtext, so that the plots draw the subscripts), then the
+    intermediate nodes 0, 1, 2, ..."""
+    return ("$c_{k-2}$", "$c_{k-1}$")[index] if index < 2 else str(index - 2)
 
 
 def edge_labels(steps: int = 4) -> list[str]:

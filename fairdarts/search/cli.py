@@ -1,4 +1,4 @@
-"""``python train_search.py``: the Fair DARTS / DARTS search command line.
+"""``python train_search.py`` (``fairdarts-search``): the Fair DARTS / DARTS search command line.
 
 Every flag is a field of :class:`fairdarts.search.config.SearchConfig` (official names;
 ``--search_space mobile`` searches S2 through the same loop, see :mod:`fairdarts.search.spaces`);
@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Sequence
 
 from fairdarts.distributed import DistContext
+from fairdarts.errors import run_cli
 from fairdarts.runner import Builder, Command, run_command
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
 from fairdarts.search.searcher import Searcher, build_data
 
-PROG = "train_search.py"
 DESCRIPTION = ("Fair DARTS (default) or DARTS (--gate softmax --primitives darts) architecture search, in the "
                "DARTS cell space or (--search_space mobile) the MobileNetV2-like ImageNet space S2")
 
 
 def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = SearchConfig,
-         searcher_cls: type[Searcher] = Searcher, prog: str = PROG, description: str = DESCRIPTION) -> int:
+         searcher_cls: type[Searcher] = Searcher, name: str = "search", description: str = DESCRIPTION) -> int:
     """The search command. ``config_cls``/``searcher_cls`` let a variant (the ``darts/`` ablations)
-    add flags and behaviour to the same loop instead of copying it."""
+    add flags and behaviour to the same loop instead of copying it; ``name``: its key in
+    :data:`fairdarts.invocation.COMMANDS`."""
     def start(cfg: SearchConfig, _prepared: None, dist: DistContext) -> Builder:
         data = build_data(cfg, dist)
 
@@ -39,4 +40,8 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
             return searcher_cls(cfg, run_dir, dist, logger, data)
         return build
 
-    return run_command(Command(config_cls, prog, description, "search", "search", RESUME_OVERRIDABLE, start), argv)
+    return run_command(Command(config_cls, name, description, "search", "search", RESUME_OVERRIDABLE, start), argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)

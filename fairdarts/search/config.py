@@ -73,7 +73,7 @@ class SearchConfig(RunConfig):
     # ----- derivation ------------------------------------------------------------------
     parse_method: str | None = field_help(
         None, "how a genotype is derived from the gates (default: threshold_sparse for cell, threshold for mobile)",
-        choices=METHODS + MOBILE_METHODS)
+        choices={"cell": METHODS, "mobile": MOBILE_METHODS})
     op_threshold: float = field_help(0.85, "gate threshold of the threshold_* parse methods", low=0.0, high=1.0)
     # ----- collapse instrument (RobustDARTS) ---------------------------------------------
     hessian_every: int = field_help(

@@ -25,7 +25,8 @@ import numpy as np
 
 from fairdarts.config import load_config_file
 from fairdarts.errors import CLIParser, UserError, run_cli
-from fairdarts.help_groups import add_flag, help_sections
+from fairdarts.help_groups import add_flag, grouped_choices, help_sections
+from fairdarts.invocation import prog
 from fairdarts.run_dir import LOCK, RUN_FILES, RUN_FOLDERS, atomic_write_text
 from fairdarts.safe_io import check_outputs, check_writable
 from fairdarts.search.config import SearchConfig
@@ -35,18 +36,19 @@ from fairdarts.search_space.run_genotype import cells_advice, load_gate_weights
 
 
 def build_parser() -> CLIParser:
-    p = CLIParser(prog="fairdarts-derive", description=__doc__.split("\n\n")[0])
+    p = CLIParser(prog=prog("derive"), description=__doc__.split("\n\n")[0])
     sections = help_sections(p)
     p.add_argument("source", help="search run folder, or a normal_weight.npy or mobile_weight.npy file")
     add_flag(sections, "--reduce", default=None, help="reduce_weight.npy (default: beside the normal file)")
-    add_flag(sections, "--parse_method", choices=METHODS + MOBILE_METHODS, default=None,
-             help="derivation rule (default: the run's, else threshold_sparse for a cell search, "
-                  "threshold for a mobile one)")
+    add_flag(sections, "--parse_method", default=None,
+             help="derivation rule (default: the run's, else threshold_sparse for a cell search, threshold for a "
+                  f"mobile one); {grouped_choices({'cell': METHODS, 'mobile': MOBILE_METHODS})}")
     add_flag(sections, "--op_threshold", type=float, default=None,
              help="gate threshold of the threshold rules (default: the run's, else 0.85)")
     add_flag(sections, "--primitives", default=None,
              help="op names of a cell search's columns: fairdarts, darts or a comma list (default: the run's config)")
-    add_flag(sections, "--out", default=None, help="also write the genotype JSON here (default: none)")
+    add_flag(sections, "--out", metavar="FILE", default=None,
+             help="also write the genotype JSON here (default: none)")
     return p
 
 

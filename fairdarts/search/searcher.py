@@ -30,7 +30,8 @@ from torch import Tensor
 
 from fairdarts.checkpoint_schema import SEARCH, Context
 from fairdarts.data import (
-    BatchAugment, InfiniteBatches, dataset_info, load_first, make_loader, split_train_portion,
+    BatchAugment, InfiniteBatches, InMemoryImages, dataset_info, fit_to_image, load_first, make_loader,
+    split_train_portion,
 )
 from fairdarts.distributed import DistContext, all_reduce_mean_, all_reduce_sum_
 from fairdarts.errors import UserError
@@ -60,6 +61,7 @@ class SearchData:
     num_classes: int
     in_channels: int
     probe: Iterable               # the first --hessian_batches batches of ``valid``: the Hessian's data
+    notes: tuple[str, ...] = ()   # augmentation fitted to the image size (see fit_to_image)
 
 
 def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
@@ -75,18 +77,20 @@ def build_data(cfg: SearchConfig, dist: DistContext) -> SearchData:
     w_idx, a_idx = split_train_portion(n, cfg.train_portion)
     if not w_idx or not a_idx:
         raise UserError(f"--train_portion {cfg.train_portion} of {n} images leaves an empty half; use more images")
-    cutout = cfg.cutout_length if cfg.cutout else 0
+    fitted = fit_to_image(cfg.image_size or info.image_size, cfg.cutout_length if cfg.cutout else 0)
     kw = dict(batch_size=dist.per_rank_batch(cfg.batch_size), device=dist.device, workers=cfg.workers,
               rank=dist.rank, world_size=dist.world_size)
     train = make_loader(data, w_idx, shuffle=True, seed=cfg.seed,
-                        augment=BatchAugment(info.mean, info.std, cutout_length=cutout), **kw)
+                        augment=BatchAugment(info.mean, info.std, crop_padding=fitted.crop_padding,
+                                             cutout_length=fitted.cutout_length), **kw)
     arch = make_loader(data, a_idx, shuffle=True, seed=cfg.seed + 1, augment=BatchAugment(info.mean, info.std), **kw)
     valid = make_loader(data, a_idx, shuffle=False, seed=cfg.seed, **kw)
     # the Hessian's batches: whole ones where the half allows (BatchNorm cannot normalise one image)
     probe_idx = a_idx[:cfg.hessian_batches * cfg.batch_size]
     probe = make_loader(data, probe_idx, shuffle=False, seed=cfg.seed, drop_last=len(probe_idx) >= cfg.batch_size,
                         **kw)
-    return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels, probe)
+    notes = fitted.notes if isinstance(data, InMemoryImages) else ()  # on-disk images: their own transforms
+    return SearchData(train, InfiniteBatches(arch), valid, info.num_classes, info.in_channels, probe, notes)
 
 
 # ----- model and optimizers -----------------------------------------------------------------
@@ -134,6 +138,8 @@ class Searcher(EpochRun[SearchConfig]):
                  data: SearchData | None = None):
         super().__init__(cfg, cfg.epochs, run_dir, dist, logger)
         self.data = data if data is not None else build_data(cfg, dist)
+        for note in self.data.notes:
+            logger.info("%s", note)
         self.space = space_of(cfg)
         self.primitives = self.space.primitives
         self.model = build_supernet(cfg, self.data.num_classes, self.data.in_channels, dist.device)

@@ -19,6 +19,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from fairdarts.errors import UserError
+from fairdarts.invocation import command
 from fairdarts.search.artifacts import edge_labels
 from fairdarts.search_space import (
     METHODS, MOBILE_METHODS, Genotype, MobileGenotype, MobileSupernet, Supernet, derive_mobile, mobile_primitives,
@@ -78,8 +79,8 @@ class CellSpace:
         """Cell pictures when both cells have edges (and Graphviz is there); else how to re-derive."""
         advice = cells_advice(genotype, gates, self.primitives, method, op_threshold)
         if advice:
-            log.info("%s: `python -m fairdarts.search.derive_cli %s` with these flags re-derives it, "
-                     "`python train.py --arch %s` with them retrains it directly", advice, run_dir, run_dir)
+            log.info("%s: `%s %s` with these flags re-derives it, `%s --arch %s` with them retrains it directly",
+                     advice, command("derive"), run_dir, command("train"), run_dir)
             return
         try:
             from fairdarts.visualize import render_genotype

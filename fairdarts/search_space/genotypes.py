@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from fairdarts.errors import UserError
+from fairdarts.invocation import command
 from fairdarts.safe_io import read_text_limited
 from fairdarts.search_space.mobile_genotype import MobileGenotype, mobile_genotype_from_dict
 from fairdarts.search_space.operations import OPS
@@ -304,7 +305,7 @@ def get_genotype(spec: "str | Path | Genotype | MobileGenotype") -> "Genotype | 
     if path.exists():
         return _from_path(path)
     close = difflib.get_close_matches(spec_str, list(registry), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else "run `python -m fairdarts.summary --all` to list them"
+    hint = f"did you mean {', '.join(close)}?" if close else f"run `{command('summary')} --all` to list them"
     raise UserError(f"unknown arch {spec_str!r}: not a registered genotype, a file or Genotype(...) text; {hint}")
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fairdarts.errors import UserError
+from fairdarts.invocation import command
 from fairdarts.search_space.genotypes import Genotype
 from fairdarts.search_space.operations import FactorizedReduce, Identity, ReLUConvBN, build_op
 from fairdarts.search_space.topology import is_reduction, reduction_layers
@@ -91,7 +92,7 @@ class FairDartsCell(_CellBase):
             kind = "reduction" if reduction else "normal"
             raise UserError(f"the genotype's {kind} cell has no edges (no gate reached the threshold of its "
                             "derivation); derive it again with --parse_method darts, or a lower --op_threshold: "
-                            "`python -m fairdarts.search.derive_cli RUN_DIR` prints the gate range")
+                            f"`{command('derive')} RUN_DIR` prints the gate range")
         self.multiplier = len(self._nodes)
         self._ops = nn.ModuleDict()
         for e in edges:

@@ -1,4 +1,5 @@
-"""``python train.py``: retrain a genotype from scratch (CIFAR defaults; ImageNet with --dataset imagenet).
+"""``python train.py`` (``fairdarts-train``): retrain a genotype from scratch (CIFAR defaults;
+ImageNet with --dataset imagenet).
 
 Every flag is a field of :class:`fairdarts.train.config.TrainConfig` (official names);
 ``--config FILE`` loads a YAML preset that flags override. ``--batch_size`` is the global batch:
@@ -15,13 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 from fairdarts.distributed import DistContext
+from fairdarts.errors import run_cli
 from fairdarts.run_config import RESUME_OVERRIDABLE
 from fairdarts.runner import Builder, Command, run_command
 from fairdarts.search_space import Genotype, MobileGenotype
 from fairdarts.train.config import TrainConfig
 from fairdarts.train.trainer import Trainer, build_data, resolve_arch
 
-PROG = "train.py"
 DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair DARTS settings)"
 
 
@@ -42,9 +43,13 @@ def _inputs(cfg: TrainConfig) -> list[tuple[str, str | None]]:
     return [("--arch", cfg.arch)]
 
 
-COMMAND = Command(TrainConfig, PROG, DESCRIPTION, "train", "training", RESUME_OVERRIDABLE, _start,
+COMMAND = Command(TrainConfig, "train", DESCRIPTION, "train", "training", RESUME_OVERRIDABLE, _start,
                   resolve=TrainConfig.resolved, prepare=resolve_arch, inputs=_inputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_command(COMMAND, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)

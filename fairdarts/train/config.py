@@ -60,7 +60,7 @@ class TrainConfig(RunConfig):
                                           "or a search run folder")
     parse_method: str | None = field_help(
         None, "with --arch RUN_FOLDER: re-derive the genotype from its gate weights with this method "
-              "(default: the run's genotype.json)", choices=METHODS + MOBILE_METHODS)
+              "(default: the run's genotype.json)", choices={"cell run": METHODS, "mobile run": MOBILE_METHODS})
     op_threshold: float = field_help(0.85, "gate threshold when --parse_method re-derives a threshold_* genotype",
                                      low=0.0, high=1.0)
     init_channels: int | None = field_help(None, "channels of the first cell (default 36 CIFAR, 48 ImageNet)", low=1)

@@ -34,10 +34,11 @@ from torch import nn
 
 from fairdarts.checkpoint import TRAIN_FORMAT as CHECKPOINT_FORMAT, load_checkpoint
 from fairdarts.checkpoint_schema import PROJECT_MODEL, TRAIN, check_checkpoint
-from fairdarts.data import BatchAugment, dataset_info, load_first, make_loader
+from fairdarts.data import BatchAugment, InMemoryImages, dataset_info, fit_to_image, load_first, make_loader
 from fairdarts.distributed import DistContext, all_reduce_sum_
 from fairdarts.errors import UserError
 from fairdarts.guards import NonFiniteGuard, check_finite_metric
+from fairdarts.invocation import command
 from fairdarts.metrics import evaluate_sums
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import CHECKPOINT
@@ -64,7 +65,7 @@ def resolve_arch(cfg: TrainConfig) -> Genotype | MobileGenotype:
     genotype, advice = genotype_from_run(folder, cfg.parse_method, cfg.op_threshold)
     if advice:
         raise UserError(f"--arch {folder}: {advice}; both work here directly, e.g. "
-                        f"`python train.py --arch {folder} --parse_method darts`")
+                        f"`{command('train')} --arch {folder} --parse_method darts`")
     return genotype
 
 
@@ -78,6 +79,7 @@ class TrainData:
     image_size: int
     info: Any
     dropped_single: bool = False  # the last training batch of one image is dropped (see build_data)
+    notes: tuple[str, ...] = ()   # augmentation fitted to the image size (see fit_to_image)
 
 
 def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
@@ -93,16 +95,17 @@ def build_data(cfg: TrainConfig, dist: DistContext) -> TrainData:
     # A last batch of one image: BatchNorm in training mode (the auxiliary head's, 1 x 1 pixels)
     # cannot normalise a single value, so that image is dropped, as drop_last would.
     drop_single = math.ceil(len(train) / dist.world_size) % per_rank == 1
-    cutout = cfg.cutout_length if cfg.cutout else 0
-    aug = BatchAugment(info.mean, info.std, crop_padding=4 if cfg.augment else 0, flip=cfg.augment,
-                       cutout_length=cutout, auto_augment=cfg.auto_aug)
+    size = cfg.image_size or info.image_size
+    fitted = fit_to_image(size, cfg.cutout_length if cfg.cutout else 0, crop=cfg.augment)
+    aug = BatchAugment(info.mean, info.std, crop_padding=fitted.crop_padding, flip=cfg.augment,
+                       cutout_length=fitted.cutout_length, auto_augment=cfg.auto_aug)
     plain = BatchAugment(info.mean, info.std, crop_padding=0, flip=False)
     kw = dict(batch_size=per_rank, device=dist.device, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
               seed=cfg.seed)
     train_loader = make_loader(train, None, shuffle=True, augment=aug, drop_last=drop_single, **kw)
     test_loader = make_loader(test, None, shuffle=False, augment=plain, **kw)
-    size = cfg.image_size or info.image_size
-    return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info, drop_single)
+    notes = fitted.notes if isinstance(train, InMemoryImages) else ()  # on-disk images: their own transforms
+    return TrainData(train_loader, test_loader, info.num_classes, info.in_channels, size, info, drop_single, notes)
 
 
 # ----- network, optimizer, schedule ---------------------------------------------------------
@@ -164,6 +167,8 @@ class Trainer(EpochRun[TrainConfig]):
         super().__init__(cfg, cfg.epochs, run_dir, dist, logger)
         self.genotype = genotype
         self.data = data if data is not None else build_data(cfg, dist)
+        for note in self.data.notes:
+            logger.info("%s", note)
         if self.data.dropped_single:
             logger.info("note: the last training batch of every epoch would hold one image, which BatchNorm cannot "
                         "normalise in training mode; it is dropped")
