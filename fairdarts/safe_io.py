@@ -5,9 +5,10 @@
 * :func:`load_yaml` is ``yaml.safe_load`` with a cap on alias uses: a "billion laughs" file
   (aliases of aliases) is refused before anything expands it.
 * :func:`short_repr` bounds the text of a value quoted in an error message.
-* :func:`check_outputs` refuses, with one line, an output path that is one of the command's
-  input files (resolved through symbolic links, hard links included), or that two outputs share;
-  :func:`check_writable` says before the work starts that an output cannot be written.
+* :func:`check_outputs` is the one rule for every file a command writes outside its run folder:
+  never one of its inputs nor inside an input folder (``--data``), resolved through symbolic and
+  hard links; never shared by two outputs; an existing file only with ``--overwrite`` or when
+  :func:`is_own_output` recognises the tool's earlier output (:func:`mark_output` marks it).
 """
 from __future__ import annotations
 
@@ -95,6 +96,13 @@ def load_yaml(text: str) -> Any:
 
 
 # ----- outputs against inputs -----------------------------------------------------------------
+#: The extended attribute a command sets on every file it writes outside its run folder: a file
+#: carrying it is the tool's own earlier output and is replaced without ``--overwrite``.
+OUTPUT_MARK = "user.fairdarts.output"
+
+Paths = Sequence[tuple[str, "str | Path | None"]]
+
+
 def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
     """(resolved path, (device, inode) when the file exists): two names of one file share the second."""
     resolved = Path(os.path.abspath(path)).resolve()
@@ -111,12 +119,65 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return pa == pb or (ia is not None and ia == ib)
 
 
-def check_outputs(outputs: Sequence[tuple[str, str | Path | None]],
-                  inputs: Sequence[tuple[str, str | Path | None]]) -> None:
-    """Refuse (one line) an output that is an input file or another output.
+def _linked_into(out: Path, folder: Path) -> bool:
+    """Whether ``out`` (resolved) is a hard link of a file under ``folder``: looked for only when
+    the file has several links, so that a dataset is walked only in that rare case."""
+    try:
+        info = os.stat(out)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink < 2 or not folder.is_dir() \
+            or info.st_dev != os.stat(folder).st_dev:
+        return False
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            try:
+                other = os.stat(os.path.join(parent, name), follow_symlinks=False)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                return True
+    return False
 
-    Both are ``(flag, path)`` pairs; ``None`` paths are skipped. An output that is an existing
-    folder is refused as well: writing would fail after the work is done.
+
+def _reads(out: Path, source: Path) -> bool:
+    """Whether writing ``out`` would touch ``source``: the same file (links of either kind), or,
+    when ``source`` is a folder the command reads, a file inside it."""
+    if same_file(out, source):
+        return True
+    folder = Path(os.path.abspath(source)).resolve()
+    if folder.exists() and not folder.is_dir():
+        return False  # a file, not the same one; a folder not made yet (--download) may still hold outputs
+    resolved = Path(os.path.abspath(out)).resolve()
+    return resolved.is_relative_to(folder) or _linked_into(resolved, folder)
+
+
+def is_own_output(path: str | Path) -> bool:
+    """Whether ``path`` carries :data:`OUTPUT_MARK` (a file system without extended attributes:
+    never, so ``--overwrite`` is needed there)."""
+    try:
+        return bool(os.getxattr(path, OUTPUT_MARK))
+    except OSError:
+        return False
+
+
+def mark_output(path: str | Path, command: str) -> None:
+    """Set :data:`OUTPUT_MARK` (the writing command) on a written output; silently nothing where
+    the file system keeps no extended attributes."""
+    try:
+        os.setxattr(path, OUTPUT_MARK, command.encode())
+    except OSError:
+        pass
+
+
+def check_outputs(outputs: Paths, inputs: Paths, overwrite: bool = False) -> None:
+    """The one rule for files a command writes outside its run folder, checked before any work.
+
+    Both are ``(flag, path)`` pairs; ``None`` paths are skipped. An input is a file or a folder the
+    command reads (``--data``: every file under it). An output is refused (one line) when it is an
+    input, lies inside an input folder (resolved through symbolic links; a hard link of a file
+    there counts too), is another output or a folder, cannot be written, or exists and is neither
+    allowed by ``overwrite`` nor marked as this tool's own earlier output (:func:`is_own_output`).
     """
     given_in = [(flag, Path(p)) for flag, p in inputs if p is not None]
     seen: list[tuple[str, Path]] = []
@@ -125,14 +186,19 @@ def check_outputs(outputs: Sequence[tuple[str, str | Path | None]],
             continue
         out = Path(p)
         for in_flag, source in given_in:
-            if same_file(out, source):
-                raise UserError(f"{flag} {out} is the {in_flag} file this command reads; writing it would replace "
-                                "its input: choose another path")
+            if _reads(out, source):
+                what = "folder" if source.is_dir() else "file"
+                raise UserError(f"{flag} {out} is or lies in the {in_flag} {what} {source} that this command reads; "
+                                "writing it would replace its input: choose another path")
         for other_flag, other in seen:
             if same_file(out, other):
                 raise UserError(f"{flag} and {other_flag} both name {out}; give each output its own path")
         if out.is_dir():
             raise UserError(f"{flag} {out} is a folder; pass a file path")
+        if os.path.lexists(out) and not overwrite and not is_own_output(out):
+            raise UserError(f"{flag} {out} exists and was not written by this tool; pass --overwrite to replace it, "
+                            "or choose another path")
+        check_writable(out, flag)
         seen.append((flag, out))
 
 
@@ -140,6 +206,9 @@ def check_writable(path: str | Path, flag: str) -> None:
     """Refuse now (one line) an output file that could not be written later: its folder, or the
     nearest existing folder above it, must be a writable folder."""
     path = Path(os.path.abspath(path))
+    if len(os.fsencode(path.name)) > 255:
+        raise UserError(f"{flag}: the file name {short_repr(path.name)} is longer than the 255 bytes a file system "
+                        "allows; choose a shorter one")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

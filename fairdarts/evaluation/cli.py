@@ -26,7 +26,7 @@ from fairdarts.evaluation.evaluator import (
 from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
-from fairdarts.safe_io import check_outputs, check_writable
+from fairdarts.safe_io import check_outputs, mark_output
 from fairdarts.search_space import NetworkSpec
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
@@ -64,6 +64,7 @@ class EvalConfig:
     dump_logits: str | None = field_help(None, "save {'logits', 'targets'} of every test image here (torch file)")
     export: str | None = field_help(None, "also export the network for deployment", choices=("onnx",))
     export_path: str | None = field_help(None, "where --export writes (default: beside the checkpoint, .onnx)")
+    overwrite: bool = field_help(False, "replace an existing output file that this tool did not write")
 
 
 def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, device: torch.device):
@@ -118,16 +119,13 @@ def _outputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
 
 
 def check_paths(cfg: EvalConfig) -> None:
-    """Before any work: no output may replace an input (the checkpoint, --inputs, --arch, the
-    manifest) or another output, and every output's folder must be writable."""
-    arch = cfg.arch if cfg.arch and Path(cfg.arch).is_file() else None
-    inputs = [("--model_path", cfg.model_path), ("--inputs", cfg.inputs), ("--arch", arch),
+    """Before any work, :func:`check_outputs`: no output may be or lie in an input (the checkpoint,
+    --inputs, --arch, the manifest, the dataset folder --data) or replace a file without --overwrite."""
+    arch = cfg.arch if cfg.arch and Path(cfg.arch).exists() else None
+    data = cfg.data if not cfg.inputs and cfg.dataset != "synthetic" else None
+    inputs = [("--model_path", cfg.model_path), ("--inputs", cfg.inputs), ("--arch", arch), ("--data", data),
               ("manifest", str(MANIFEST) if MANIFEST.is_file() else None)]
-    outputs = _outputs(cfg)
-    check_outputs(outputs, inputs)
-    for flag, path in outputs:
-        if path is not None:
-            check_writable(path, flag)
+    check_outputs(_outputs(cfg), inputs, cfg.overwrite)
 
 
 def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
@@ -194,9 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"max |logit - reference logit| = {diff:.3e}")
     if cfg.confusion:
         plot_confusion(result.confusion, Path(cfg.confusion), names)
+        mark_output(cfg.confusion, PROG)
         print(f"confusion matrix: {cfg.confusion}")
     if cfg.dump_logits:
         save_checkpoint({"logits": result.logits, "targets": result.targets}, Path(cfg.dump_logits))
+        mark_output(cfg.dump_logits, PROG)
         print(f"logits: {cfg.dump_logits}")
     if cfg.export == "onnx":
         export(cfg, loaded, shape)
@@ -208,6 +208,7 @@ def export(cfg: EvalConfig, loaded: LoadedModel, shape: tuple[int, ...]) -> None
     model = loaded.model.cpu().float().eval()
     example = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
     export_onnx(model, example, path)
+    mark_output(path, PROG)
     diff = check_onnx(path, model, example)
     check = "onnxruntime not installed, not checked" if diff is None else f"onnxruntime max |logit diff| {diff:.2e}"
     print(f"ONNX: {path} ({check})")
