@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -252,6 +253,8 @@ def _check(cfg: Any) -> None:
                 continue
             if choices and item not in choices:
                 raise UserError(f"{field.name} must be one of {', '.join(map(str, choices))}, got {short_repr(item)}")
+            if kind.base is float and not math.isfinite(item):
+                raise UserError(f"{field.name} must be a finite number, got {item!r}")
             if kind.base in (int, float):
                 message = _range_error(field.name, item, field.metadata)
                 if message:

@@ -2,8 +2,8 @@
 
 * :func:`read_bytes_limited` reads at most ``limit`` bytes of a *regular* file: ``/dev/zero``
   or a multi-gigabyte file given as ``--config`` fails with one line instead of filling memory.
-* :func:`load_yaml` is ``yaml.safe_load`` with a cap on alias uses: a "billion laughs" file
-  (aliases of aliases) is refused before anything expands it.
+* :func:`load_yaml` is ``yaml.safe_load`` with a cap on alias uses (a "billion laughs" file,
+  aliases of aliases, is refused before anything expands it) that refuses a key given twice.
 * :func:`short_repr` bounds the text of a value quoted in an error message.
 * :func:`check_outputs` is the one rule for every file a command writes outside its run folder:
   never one of its inputs nor inside an input folder (``--data``), resolved through symbolic and
@@ -16,7 +16,7 @@ import os
 import reprlib
 import stat
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import yaml
 
@@ -84,6 +84,22 @@ class _BoundedLoader(yaml.SafeLoader):
                 raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name): refused as a possible "
                                      "alias bomb")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping, refusing a key given twice (plain YAML would keep the last silently)."""
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short_repr(key)} is given twice, on lines {lines[key]} and {line}",
+                    key_node.start_mark)
+            if isinstance(key, Hashable):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def load_yaml(text: str) -> Any:

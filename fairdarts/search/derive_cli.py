@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from fairdarts.config import load_config_file
-from fairdarts.errors import CLIParser, UserError, run_cli
+from fairdarts.errors import CLIParser, UserError, finite_float, run_cli
 from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.run_dir import atomic_write_text
 from fairdarts.safe_io import check_outputs, mark_output
@@ -41,7 +41,7 @@ def build_parser() -> CLIParser:
     add_flag(sections, "--parse_method", choices=METHODS + MOBILE_METHODS, default=None,
              help="derivation rule (default: the run's, else threshold_sparse for a cell search, "
                   "threshold for a mobile one)")
-    add_flag(sections, "--op_threshold", type=float, default=None,
+    add_flag(sections, "--op_threshold", type=finite_float, default=None,
              help="gate threshold of the threshold rules (default: the run's, else 0.85)")
     add_flag(sections, "--primitives", default=None,
              help="op names of a cell search's columns: fairdarts, darts or a comma list (default: the run's config)")
