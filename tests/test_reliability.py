@@ -44,7 +44,7 @@ def test_same_file_sees_links_and_relative_paths(tmp_path, monkeypatch):
 def test_check_outputs_names_the_input_and_lets_other_paths_pass(tmp_path):
     model = tmp_path / "m.pt"
     model.write_bytes(b"x")
-    with pytest.raises(UserError, match=r"--dump_logits .* is the --model_path file"):
+    with pytest.raises(UserError, match=r"--dump_logits .* is or lies in the --model_path file"):
         check_outputs([("--dump_logits", model)], [("--model_path", model)])
     with pytest.raises(UserError, match="both name"):
         check_outputs([("--a", tmp_path / "o"), ("--b", tmp_path / "o")], [])
