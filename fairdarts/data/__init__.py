@@ -1,7 +1,8 @@
 """Datasets in their real on-disk formats, batched augmentation on the device, resumable loaders."""
 from fairdarts.data.augment import BatchAugment, normalize
 from fairdarts.data.datasets import (
-    DATASET_CHOICES, DATASETS, KNOWN_NAMES, DatasetInfo, dataset_info, InMemoryImages, load_dataset, load_first,
+    DATASET_CHOICES, DATASETS, KNOWN_NAMES, DatasetInfo, dataset_info, image_size_of, InMemoryImages, load_dataset,
+    load_first,
     load_image_folder, make_synthetic, read_idx, resize_images, split_train_portion,
 )
 from fairdarts.data.loaders import (
@@ -9,7 +10,8 @@ from fairdarts.data.loaders import (
 )
 
 __all__ = [
-    "DATASET_CHOICES", "DATASETS", "KNOWN_NAMES", "BatchAugment", "DatasetInfo", "dataset_info", "InMemoryImages",
+    "DATASET_CHOICES", "DATASETS", "KNOWN_NAMES", "BatchAugment", "DatasetInfo", "dataset_info", "image_size_of",
+    "InMemoryImages",
     "InMemoryLoader",
     "InfiniteBatches", "TorchLoader", "derive_seed", "load_dataset", "load_first", "load_image_folder",
     "make_dataloader", "make_loader", "make_synthetic",

@@ -543,6 +543,12 @@ def check_classes(data: InMemoryImages | torch.utils.data.Dataset, split: Split,
     logging.getLogger("fairdarts").warning("warning: %s; its accuracy says nothing about the others", message)
 
 
+def image_size_of(name: str, image_size: int | None) -> int:
+    """The side of the images a run of dataset ``name`` sees: ``image_size`` when given, else the
+    dataset's own (an ImageFolder tree is read at ImageNet's)."""
+    return image_size or DATASETS.get(name.lower(), DATASETS["imagenet"]).image_size
+
+
 def split_train_portion(n: int, portion: float) -> tuple[list[int], list[int]]:
     """DARTS' split of the training set: the first ``floor(portion * n)`` images train the
     weights, the rest the architecture, in file order (the official code does not shuffle)."""
