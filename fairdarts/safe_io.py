@@ -196,6 +196,9 @@ def check_outputs(outputs: Paths, inputs: Paths, overwrite: bool = False) -> Non
     allowed by ``overwrite`` nor marked as this tool's own earlier output (:func:`is_own_output`).
     """
     given_in = [(flag, Path(p)) for flag, p in inputs if p is not None]
+    for flag, p in [*given_in, *outputs]:
+        if p is not None:
+            check_path_length(p, flag)
     seen: list[tuple[str, Path]] = []
     for flag, p in outputs:
         if p is None:
@@ -218,13 +221,28 @@ def check_outputs(outputs: Paths, inputs: Paths, overwrite: bool = False) -> Non
         seen.append((flag, out))
 
 
-def check_writable(path: str | Path, flag: str) -> None:
-    """Refuse now (one line) an output file that could not be written later: its folder, or the
-    nearest existing folder above it, must be a writable folder."""
-    path = Path(os.path.abspath(path))
-    if len(os.fsencode(path.name)) > 255:
-        raise UserError(f"{flag}: the file name {short_repr(path.name)} is longer than the 255 bytes a file system "
+#: The longest name of one file or folder, and of a whole path, that Linux file systems take.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def check_path_length(path: str | Path, flag: str) -> None:
+    """Refuse (one line) a path the file system would refuse with "File name too long", which
+    every later ``exists()`` or ``mkdir()`` on it would raise as a traceback."""
+    absolute = os.fsencode(os.path.abspath(path))
+    longest = max(absolute.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise UserError(f"{flag}: the name {short_repr(os.fsdecode(longest))} is {len(longest)} bytes long, more than "
+                        f"the {NAME_MAX} a file system allows for one file or folder; choose a shorter one")
+    if len(absolute) > PATH_MAX:
+        raise UserError(f"{flag}: the path is {len(absolute)} bytes long, more than the {PATH_MAX} a file system "
                         "allows; choose a shorter one")
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Refuse now (one line) an output file that could not be written later: its name must fit
+    the file system, and its folder, or the nearest existing folder above it, be a writable folder."""
+    check_path_length(path, flag)
+    path = Path(os.path.abspath(path))
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
