@@ -214,6 +214,8 @@ def check_outputs(outputs: Paths, inputs: Paths, overwrite: bool = False) -> Non
                 raise UserError(f"{flag} and {other_flag} both name {out}; give each output its own path")
         if out.is_dir():
             raise UserError(f"{flag} {out} is a folder; pass a file path")
+        if out.exists() and not out.is_file():
+            raise UserError(f"{flag} {out} is a device, pipe or socket, not a file; pass a file path")
         if os.path.lexists(out) and not overwrite and not is_own_output(out):
             raise UserError(f"{flag} {out} exists and was not written by this tool; pass --overwrite to replace it, "
                             "or choose another path")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 from fairdarts.data.augment import BatchAugment
 from fairdarts.data.datasets import InMemoryImages, SkippedImage
 from fairdarts.errors import UserError
+from fairdarts.threads import check_workers
 
 Batch = tuple[Tensor, Tensor]
 
@@ -193,6 +194,7 @@ class TorchLoader(_Position):
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         _check_rank(rank, world_size, batch_size)
+        check_workers(workers)
         if len(dataset) == 0:
             raise UserError("no images to load: the dataset (or its --subset / --train_portion share) is empty")
         self.device = torch.device(device) if device is not None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -138,6 +139,13 @@ def _as_int(v: Any, what: str) -> int:
     return v
 
 
+def _as_weight(v: Any, what: str) -> float:
+    """A reweight-form op scale: a finite real number (a NaN scale would make every output NaN)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise UserError(f"genotype {what} weight must be a finite number, got {short_repr(v)}")
+    return float(v)
+
+
 def _build_edges(raw: Any, form: str, cell: str) -> tuple[Edge, ...]:
     if not isinstance(raw, (list, tuple)):
         raise UserError(f"genotype '{cell}' must be a list of edges")
@@ -168,7 +176,7 @@ def _build_edges(raw: Any, form: str, cell: str) -> tuple[Edge, ...]:
             if len(raw) % 2:
                 raise UserError(f"DARTS-form genotype '{cell}' needs two edges per node, got {len(raw)} edges")
             src = _as_int(item[1], f"'{cell}' edge {k} 'from'")
-            weight = float(item[2]) if form == "darts-reweight" else None
+            weight = _as_weight(item[2], f"'{cell}' edge {k}") if form == "darts-reweight" else None
             edges.append(Edge(op, 2 + k // 2, src, weight))
     for k, e in enumerate(edges):
         if not 0 <= e.src < e.to:
