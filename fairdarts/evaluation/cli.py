@@ -28,6 +28,7 @@ from fairdarts.flops import count_flops_params
 from fairdarts.run_dir import progress
 from fairdarts.safe_io import check_outputs, mark_output
 from fairdarts.search_space import NetworkSpec
+from fairdarts.search_space.topology import MAX_LAYERS
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
 PROG = "evaluate.py"
@@ -43,7 +44,8 @@ class EvalConfig:
                                         "(name, JSON, Genotype(...) text, run folder)")
     init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)",
                                            low=1)
-    layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3)
+    layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3,
+                                     high=MAX_LAYERS)
     dataset: str | None = field_help(None, "test set (default: the checkpoint's, else cifar10)",
                                      choices=DATASET_CHOICES)
     data: str = field_help("data", "dataset root")
@@ -68,7 +70,7 @@ class EvalConfig:
 
 
 def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, device: torch.device):
-    """(batches, num_classes, class names) of the test split, first ``--subset`` images only."""
+    """(batches, the dataset's info, class names) of the test split, first ``--subset`` images only."""
     data = load_dataset(dataset, cfg.data, "test", download=cfg.download, image_size=image_size)
     n = len(data) if cfg.subset is None else min(cfg.subset, len(data))
     info = data.info
@@ -81,7 +83,7 @@ def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, devic
         subset = torch.utils.data.Subset(data, range(n)) if n < len(data) else data
         loader = make_dataloader(subset, batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers, seed=0,
                                  rank=0, world_size=1, drop_last=False, device=device)
-    return loader, info.num_classes, names
+    return loader, info, names
 
 
 def tensor_batches(path: str, batch_size: int, device: torch.device, spec: NetworkSpec):
@@ -171,10 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_classes = loaded.spec.num_classes
     else:
         dataset = cfg.dataset or loaded.dataset or "cifar10"
-        batches, num_classes, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.spec.image_size, device)
-        reference, has_target = None, True
-        if num_classes != loaded.spec.num_classes:
-            raise UserError(f"the network has {loaded.spec.num_classes} classes, the {dataset} test set {num_classes}")
+        batches, info, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.spec.image_size, device)
+        reference, has_target, num_classes = None, True, info.num_classes
+        spec = loaded.spec
+        if (num_classes, info.in_channels) != (spec.num_classes, spec.in_channels):
+            raise UserError(f"the network takes {spec.in_channels}-channel images of {spec.num_classes} classes, the "
+                            f"{dataset} test set has {info.in_channels}-channel images of {num_classes}")
     batches = progress(batches, total=len(batches), desc="test", enabled=cfg.progress)
     try:
         result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,

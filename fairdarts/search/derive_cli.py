@@ -56,7 +56,7 @@ def _inputs(source: Path, *files: Path) -> list[tuple[str, Path]]:
     ``config.yaml`` is read too), that whole folder."""
     folder = source if source.is_dir() else source.parent
     found = [("source", f) for f in files]
-    return found + ([("run folder", folder)] if (folder / "config.yaml").is_file() else [])
+    return found + ([("search run", folder)] if (folder / "config.yaml").is_file() else [])
 
 
 def _write(out: Path, text: str) -> None:
