@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.config import load_config_file, resolve_config
@@ -197,6 +198,45 @@ def test_the_memory_bound_grows_with_batch_and_width_and_is_below_the_real_weigh
     assert training_memory(get_genotype("FairDARTS_a"), 1, 32, 16, 8).weights <= real
 
 
+def test_counts_fit_the_machine_threads_workers_and_layers(tmp_path, monkeypatch):
+    from fairdarts.threads import machine_cpus, set_threads
+    with pytest.raises(UserError, match="more than the .* CPUs"):
+        set_threads(machine_cpus() + 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(10**6))
+    with pytest.raises(UserError, match="OMP_NUM_THREADS=1000000"):
+        set_threads(None)
+    write_image_folder(tmp_path, splits=("train",))
+    with pytest.raises(UserError, match="--workers 1000000"):
+        make_dataloader(load_image_folder("folder", tmp_path, "train"), 2, False, workers=10**6, seed=0)
+    for config_cls in (SearchConfig, TrainConfig):
+        with pytest.raises(UserError, match="layers must be in"):
+            resolve_config(config_cls, ["--layers", "100000"], "prog", "")
+
+
+def test_no_option_holds_a_nul_character(tmp_path):
+    preset = tmp_path / "c.yaml"
+    preset.write_text('save: "/tmp/a\\0b"\n')
+    with pytest.raises(UserError, match="save holds a NUL character"):
+        load_config_file(SearchConfig, preset)
+
+
+def test_a_device_or_pipe_is_never_an_output_even_with_overwrite(tmp_path):
+    os.mkfifo(tmp_path / "p.png")
+    for target in (tmp_path / "p.png", Path("/dev/null")):
+        with pytest.raises(UserError, match="device, pipe or socket"):
+            check_outputs([("--confusion", target)], [], overwrite=True)
+
+
+def test_evaluate_refuses_a_test_set_of_other_channels_in_one_line(tmp_path):
+    from fairdarts.search_space import NetworkCIFAR
+    net = NetworkCIFAR(4, 10, 3, False, get_genotype("FairDARTS_a"), in_channels=1, image_size=8)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "m.pt")
+    with pytest.raises(UserError, match="1-channel images .* 3-channel images") as exc:
+        evaluate_main(["--model_path", str(tmp_path / "m.pt"), "--arch", "FairDARTS_a", "--init_channels", "4",
+                       "--layers", "3", "--dataset", "synthetic", "--device", "cpu", "--subset", "4"])
+    _one_line(exc)
+
+
 # ----- data -----------------------------------------------------------------------------------------
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header says ``width`` x ``height`` (its data is a few bytes)."""
@@ -301,6 +341,9 @@ def test_a_20000_edge_genotype_is_refused_at_validation_naming_the_bound(tmp_pat
 
 
 @pytest.mark.parametrize("genotype, says", [
+    ({"form": "darts-reweight", "normal": [["sep_conv_3x3", 0, float("nan")], ["skip_connect", 1, 1.0]],
+      "normal_concat": [2], "reduce": [["sep_conv_3x3", 0, 1.0], ["skip_connect", 1, "x"]], "reduce_concat": [2]},
+     "weight must be a finite number"),
     ({"normal": [["sep_conv_3x3", 10**9, 0]], "reduce": [["skip_connect", 2, 0]]}, "'to' node 1000000000"),
     ({"form": "fairdarts", "normal": [["sep_conv_3x3"]], "reduce": []}, "list of 3"),
     ({"normal": [["sep_conv_3x3", 0]] * 2, "normal_concat": list(range(10**5)), "reduce": [["skip_connect", 0]] * 2,
