@@ -33,30 +33,32 @@ def available_cores() -> int:
 
 
 def machine_cpus() -> int:
-    """The logical CPUs of this machine: more intra-op threads, or more than
-    :data:`WORKERS_PER_CPU` DataLoader workers each, can only slow a run down (a million of them
-    never start at all)."""
+    """The logical CPUs of this machine, which bound ``--threads`` and ``--workers``."""
     return os.cpu_count() or 1
 
 
-#: DataLoader worker processes per logical CPU that ``--workers`` may ask for.
-WORKERS_PER_CPU = 4
+#: Threads, or DataLoader worker processes, per logical CPU that ``--threads`` and ``--workers``
+#: may ask for: a few share a core usefully; a million never start (the thread pool alone takes
+#: minutes, the workers exhaust the process table).
+PER_CPU = 4
+
+
+def _check_per_cpu(count: int, source: str) -> None:
+    limit = PER_CPU * machine_cpus()
+    if count > limit:
+        raise UserError(f"{source} is more than {PER_CPU} per CPU of this machine ({limit}); use fewer")
 
 
 def set_threads(threads: int | None) -> int:
     """Give this process ``threads`` intra-op threads (``None``: :func:`available_cores`) and
     return the count in effect, which the commands record in ``config.yaml`` and the log. More
-    than the machine's CPUs is refused (one line): the thread pool would take minutes to start."""
+    than :data:`PER_CPU` per CPU is refused (one line)."""
     count = threads or available_cores()
-    if count > machine_cpus():
-        source = f"--threads {threads}" if threads else f"OMP_NUM_THREADS={count}"
-        raise UserError(f"{source} is more than the {machine_cpus()} CPUs of this machine; use at most that many")
+    _check_per_cpu(count, f"--threads {threads}" if threads else f"OMP_NUM_THREADS={count}")
     torch.set_num_threads(count)
     return torch.get_num_threads()
 
 
 def check_workers(workers: int) -> None:
-    """Refuse (one line) more DataLoader worker processes than the machine can run."""
-    if workers > WORKERS_PER_CPU * machine_cpus():
-        raise UserError(f"--workers {workers} is more than {WORKERS_PER_CPU} per CPU of this machine "
-                        f"({WORKERS_PER_CPU * machine_cpus()}); use fewer")
+    """Refuse (one line) more DataLoader worker processes than :data:`PER_CPU` per CPU."""
+    _check_per_cpu(workers, f"--workers {workers}")

@@ -199,9 +199,9 @@ def test_the_memory_bound_grows_with_batch_and_width_and_is_below_the_real_weigh
 
 
 def test_counts_fit_the_machine_threads_workers_and_layers(tmp_path, monkeypatch):
-    from fairdarts.threads import machine_cpus, set_threads
-    with pytest.raises(UserError, match="more than the .* CPUs"):
-        set_threads(machine_cpus() + 1)
+    from fairdarts.threads import PER_CPU, machine_cpus, set_threads
+    with pytest.raises(UserError, match="more than 4 per CPU"):
+        set_threads(PER_CPU * machine_cpus() + 1)
     monkeypatch.setenv("OMP_NUM_THREADS", str(10**6))
     with pytest.raises(UserError, match="OMP_NUM_THREADS=1000000"):
         set_threads(None)
