@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
-from fairdarts.safe_io import check_outputs, mark_output
+from fairdarts.safe_io import check_outputs, check_path_length, mark_output
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 from fairdarts.search_space.mobile_genotype import MobileGenotype
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not name.replace("_", "").replace("-", "").isalnum():
         name = "genotype"
     out = Path(args.out)
+    check_path_length(out, "--out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder for the pictures")
     outputs = [("--out", out / f"{name}_{kind}.{ext}")

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fairdarts.errors import UserError, one_line
+from fairdarts.safe_io import check_path_length
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -488,6 +489,7 @@ def load_dataset(name: str, root: str, split: Split, download: bool = False, ima
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name.lower() not in KNOWN_NAMES:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(KNOWN_NAMES)}")
+    check_path_length(root, "--data")
     if name.lower() in ("imagenet", "folder"):
         try:
             folder = load_image_folder(name.lower(), root, split, image_size)
