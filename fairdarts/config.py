@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -260,6 +261,10 @@ def _check(cfg: Any) -> None:
                 continue
             if choices and item not in choices:
                 raise UserError(f"{field.name} must be one of {', '.join(map(str, choices))}, got {short_repr(item)}")
+            if kind.base is str and "\x00" in item:
+                raise UserError(f"{field.name} holds a NUL character, which no path or name can hold")
+            if kind.base is float and not math.isfinite(item):
+                raise UserError(f"{field.name} must be a finite number, got {item!r}")
             if kind.base in (int, float):
                 message = _range_error(field.name, item, field.metadata)
                 if message:

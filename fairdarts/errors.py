@@ -11,6 +11,7 @@ genotype, missing data, a corrupt checkpoint); genuine bugs still surface with t
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, NoReturn
 
@@ -50,3 +51,12 @@ class CLIParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"error: {one_line(message)} (see --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """The argparse ``type`` of a float flag of the plain-argparse commands: NaN and infinities are
+    refused like other bad numbers (the dataclass commands check theirs in :mod:`fairdarts.config`)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value

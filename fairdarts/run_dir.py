@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fairdarts.checkpoint import atomic_write, write_error
 from fairdarts.errors import UserError
-from fairdarts.safe_io import load_yaml
+from fairdarts.safe_io import check_path_length, load_yaml
 
 T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -38,6 +38,9 @@ RUN_FOLDERS = frozenset({"tensorboard", "genotypes", "plots", "random"})
 #: A folder holding one of these holds a run to resume or a finished run's results: never reused.
 RESULTS = ("checkpoint.pt", "model_best.pt", "genotype.json", "random_genotypes.json")
 LOCK = ".lock"
+#: Bytes written (and removed) when a run folder is claimed: a full disk fails there, in one line,
+#: instead of in the first log line or the TensorBoard writer.
+PROBE_BYTES = 1 << 16
 _TEMPORARY = re.compile(r"^\..+\.(tmp|download)-\d+$")  # what atomic_write leaves when killed mid-write
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
@@ -74,9 +77,14 @@ class RunLock:
                             f"end{other}") from None
         previous = _read_pid(fd)
         self.stale_pid = previous if previous and previous != os.getpid() else None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            self.release()
+            raise UserError(f"cannot write the run folder {self.path.parent}: {exc.strerror or exc}; free space or "
+                            f"choose another {flag}") from None
         return self
 
     def release(self) -> None:
@@ -201,6 +209,7 @@ def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
     path = Path(save)
     if not is_main:
         return path, None, None
+    check_path_length(path, flag)
     if path.exists() and not path.is_dir():
         raise UserError(f"run folder {path} is a file; choose another {flag}")
     if path.is_dir():
@@ -214,8 +223,10 @@ def claim_run_dir(save: str | Path, resume: bool, is_main: bool = True,
     lock = RunLock(path).acquire(flag)
     note = None
     try:
-        with tempfile.TemporaryFile(dir=path):  # mkdir and an existing lock file succeed on read-only folders
-            pass
+        with tempfile.TemporaryFile(dir=path) as probe:  # mkdir and an existing lock file succeed on read-only
+            probe.write(bytes(PROBE_BYTES))                 # folders, creating a file on a full disk: write some
+            probe.flush()
+            os.fsync(probe.fileno())
         if not resume:
             state, entries = run_folder_state(path)  # again, under the lock: another run may have come first
             _refuse_used(path, state, entries, flag)
@@ -303,7 +314,8 @@ class MetricsWriter:
     """TensorBoard scalars and histograms under ``run_dir/tensorboard``.
 
     Does nothing when not ``enabled`` (non-main ranks) or when tensorboard is not installed
-    (one warning): metrics are a convenience, never a reason for a run to fail.
+    (one warning): metrics are a convenience. A writer that cannot be created (a full disk) is
+    one line of UserError: the run's checkpoints could not be written either.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
@@ -315,7 +327,11 @@ class MetricsWriter:
         except ImportError as exc:
             logging.getLogger("fairdarts").warning("tensorboard is unavailable (%s); no metrics are written", exc)
             return
-        self._call(lambda: setattr(self, "_writer", SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))))
+        try:
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        except OSError as exc:  # a run folder that cannot take metrics cannot take a checkpoint either
+            raise UserError(f"cannot write {Path(run_dir) / 'tensorboard'}: {exc.strerror or exc}; free space "
+                            "or choose another run folder") from None
 
     def _call(self, action: Callable[[], Any]) -> None:
         """``action()``; an OSError (a full disk) switches the metrics off with one warning."""

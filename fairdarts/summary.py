@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from fairdarts import MobileGenotype, build_network, count_flops_params, get_genotype, registered_names
-from fairdarts.errors import CLIParser, UserError, run_cli
+from fairdarts.errors import CLIParser, UserError, finite_float, run_cli
 from fairdarts.help_groups import add_flag, group_of, help_sections, metavar
 from fairdarts.invocation import prog
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
@@ -67,7 +67,7 @@ def _positive(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value

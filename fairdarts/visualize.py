@@ -17,7 +17,7 @@ from pathlib import Path
 from fairdarts.errors import CLIParser, UserError, run_cli
 from fairdarts.help_groups import add_flag, help_sections
 from fairdarts.invocation import command, prog
-from fairdarts.safe_io import check_outputs
+from fairdarts.safe_io import check_outputs, check_path_length, mark_output
 from fairdarts.search_space.genotypes import Genotype, get_genotype
 from fairdarts.search_space.mobile_genotype import MobileGenotype
 
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="genotype name, JSON file, search run folder or Genotype(...) text (required)")
     add_flag(sections, "--out", default="cells", help="output folder (default: ./cells)")
     add_flag(sections, "--name", default=None, help="file name prefix (default: the arch name)")
+    add_flag(sections, "--overwrite", action="store_true",
+             help="replace existing picture files that this tool did not write")
     return p
 
 
@@ -115,11 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (Path(args.arch).stem if Path(args.arch).exists() else str(args.arch))
     if not name.replace("_", "").replace("-", "").isalnum():
         name = "genotype"
-    arch_file = Path(args.arch) if Path(args.arch).is_file() else None
-    outputs = [("--out", Path(args.out) / f"{name}_{kind}.{ext}")
+    out = Path(args.out)
+    check_path_length(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder for the pictures")
+    outputs = [("--out", out / f"{name}_{kind}.{ext}")
                for kind in ("normal", "reduction") for ext in ("dot", "png", "svg")]
-    check_outputs(outputs, [("--arch", arch_file)])
-    written = render_genotype(genotype, args.out, name)
+    check_outputs(outputs, [("--arch", Path(args.arch) if Path(args.arch).exists() else None)], args.overwrite)
+    try:
+        written = render_genotype(genotype, out, name)
+    except OSError as exc:
+        raise UserError(f"cannot write the pictures into {out}: {exc.strerror or exc}") from None
+    for path in [p for _, p in outputs if p.suffix == ".dot"] + written:
+        mark_output(path, "fairdarts.visualize")
     if not written:
         print(f"wrote DOT files to {args.out}; {INSTALL_HINT}")
     for path in written:

@@ -56,14 +56,14 @@ def cifar_test_set(tmp_path, compat_files) -> Path:
     x = torch.load(compat_files("FairDARTS_a")[1], weights_only=True)["input"]
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     images = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+    folder = tmp_path / "data" / "cifar-10-batches-py"  # outputs go beside data/, never inside it
+    folder.mkdir(parents=True)
     batch = {b"data": images.reshape(len(images), -1).numpy(), b"labels": [0, 1, 2, 3],
              b"batch_label": b"testing batch 1 of 1", b"filenames": [b"x.png"] * len(images)}
     (folder / "test_batch").write_bytes(pickle.dumps(batch))
     meta = {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": 4}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return tmp_path
+    return tmp_path / "data"
 
 
 def test_cifar_format_test_set_per_class_and_confusion(cifar_test_set, tmp_path, capsys, compat_files):

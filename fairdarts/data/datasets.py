@@ -25,18 +25,25 @@ import codecs
 import dataclasses
 import gzip
 import io
+import logging
 import math
+import os
 import pickle
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fairdarts.errors import UserError, one_line
+from fairdarts.safe_io import check_path_length
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Split = Literal["train", "test"]
 
@@ -176,6 +183,21 @@ def split_files(name: str, root: Path, split: Split) -> list[Path]:
     return found  # type: ignore[return-value]
 
 
+def _integer_labels(targets: object) -> np.ndarray | None:
+    """``targets`` as int64 when it is a flat list or array of integers that fit; else None (floats
+    such as 1e30, bytes, nested or mixed lists are not labels)."""
+    if not isinstance(targets, (list, np.ndarray)):
+        return None
+    try:
+        array = np.asarray(targets)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu") \
+            or (array.size and (array.min() < np.iinfo(np.int64).min or array.max() > np.iinfo(np.int64).max)):
+        return None
+    return array.astype(np.int64)
+
+
 def _read_cifar(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
     paths = split_files(info.name, root, split)
     label_key = b"labels" if info.name == "cifar10" else b"fine_labels"
@@ -183,13 +205,13 @@ def _read_cifar(root: Path, split: Split, info: DatasetInfo) -> InMemoryImages:
     images, labels = [], []
     for path in paths:
         batch = _unpickle(path)
-        data, targets = batch.get(b"data"), batch.get(label_key)
+        data, targets = batch.get(b"data"), _integer_labels(batch.get(label_key))
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
                 or targets is None or len(targets) != len(data):
-            raise UserError(f"{path}: not a {info.name} batch (no uint8 b'data' [N, 3072] with "
+            raise UserError(f"{path}: not a {info.name} batch (no uint8 b'data' [N, 3072] with as many integer "
                             f"{label_key!r}); delete it and download it again")
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(np.asarray(targets, dtype=np.int64)))
+        labels.append(torch.from_numpy(targets))
     if info.name == "cifar100" and (folder / "meta").is_file():
         names_ = _unpickle(folder / "meta").get(b"fine_label_names")
         if isinstance(names_, list) and len(names_) == info.num_classes:
@@ -325,6 +347,78 @@ class SkippedImage:
     reason: str
 
 
+#: Pixels of the largest image a folder dataset decodes (8192 x 8192); a larger one, or a
+#: decompression bomb that PIL refuses, is an unreadable image: skipped and counted.
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+def read_image(path: str) -> "Image.Image":
+    """The RGB image at ``path``, read only from a regular file (opened without blocking, so a FIFO
+    named ``x.png`` is refused, not waited on) of at most :data:`MAX_IMAGE_PIXELS` pixels, checked
+    in the header before anything is decoded. Raises ValueError or OSError, which
+    :class:`TolerantImageFolder` turns into a skipped image."""
+    import warnings
+
+    from PIL import Image
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(f)
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{width} x {height} pixels, more than the {MAX_IMAGE_PIXELS} an image may have")
+                return image.convert("RGB")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ValueError(f"refused as a decompression bomb ({one_line(exc)[:120]})") from None
+
+
+def _walk_images(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(path, class) of the image files under each class folder, in torchvision's order (class,
+    folder, file name): regular files only (a pipe or device named like an image would block or
+    never end), every real folder entered once (a link back to a parent, or to a folder already
+    read, is skipped with one warning)."""
+    root = os.stat(directory)
+    seen: set[tuple[int, int]] = {(root.st_dev, root.st_ino)}
+    skipped_links: list[str] = []
+    samples: list[tuple[str, int]] = []
+    for name in sorted(class_to_idx):
+        found: list[tuple[str, str]] = []
+        pending = [os.path.join(directory, name)]
+        while pending:
+            folder = pending.pop()
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                skipped_links.append(folder)
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                names = sorted(entry.name for entry in entries)
+            subfolders = []
+            for file in names:
+                try:
+                    mode = os.stat(os.path.join(folder, file)).st_mode
+                except OSError:
+                    continue  # a dangling link
+                if stat.S_ISDIR(mode):
+                    subfolders.append(os.path.join(folder, file))
+                elif stat.S_ISREG(mode) and file.lower().endswith(extensions):
+                    found.append((folder, file))
+            pending += reversed(subfolders)  # entered in name order: the same link is skipped every time
+        if not found:
+            raise FileNotFoundError(f"no image file in the class folder {name} (or it leads to a folder already read).")
+        samples += [(os.path.join(folder, file), class_to_idx[name]) for folder, file in sorted(found)]
+    if skipped_links:
+        logging.getLogger("fairdarts").warning(
+            "%d folder link(s) under %s lead to a folder already read (e.g. %s): skipped, each folder is read once",
+            len(skipped_links), directory, skipped_links[0])
+    return samples
+
+
 def _tolerant_folder_class():
     """The class, made on first use (torchvision is imported only when a folder is read) and
     kept as a module attribute, so that it pickles for DataLoader workers by name."""
@@ -334,12 +428,18 @@ def _tolerant_folder_class():
     from torchvision import datasets
 
     class TolerantImageFolder(datasets.ImageFolder):
-        """An ``ImageFolder`` where a corrupt or unreadable image is skipped, not fatal.
+        """An ``ImageFolder`` where a corrupt or unreadable image is skipped, not fatal, whose walk
+        (:func:`_walk_images`) and reads (:func:`read_image`) touch regular files only.
 
         One bad JPEG among a million would otherwise kill the run mid-epoch (in a DataLoader
         worker, with a traceback). The item becomes a :class:`SkippedImage`; the batch goes on
-        without it and the run logs ``skipping unreadable image PATH: reason`` once per file.
+        without it and the run logs ``skipping unreadable image PATH: reason`` once per file;
+        the loader counts them and stops a run where too many are unreadable.
         """
+
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return _walk_images(str(directory), class_to_idx, tuple(extensions or ()))
 
         def __getitem__(self, index: int):  # type: ignore[override]
             path = self.samples[index][0]
@@ -385,11 +485,17 @@ def load_image_folder(name: str, root: str | Path, split: Split,
     else:
         transform = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
                                         transforms.ToTensor(), normalize])
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     try:
-        dataset = TolerantImageFolder(str(folder), transform=transform)
-    except FileNotFoundError as exc:
+        dataset = TolerantImageFolder(str(folder), transform=transform, loader=read_image)
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise UserError(f"{folder} holds no images: {one_line(exc)} "
                         "Put one sub-folder of images per class in it") from None
+    except OSError as exc:
+        raise UserError(f"cannot read the image folder {folder}: {exc.strerror or one_line(exc)}") from None
+    if not dataset.samples:
+        raise UserError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)}) in its class folders")
     dataset.info = DatasetInfo(name, len(dataset.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, tuple(dataset.classes))
     return dataset
 
@@ -404,13 +510,16 @@ def load_dataset(name: str, root: str, split: Split, download: bool = False, ima
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name.lower() not in KNOWN_NAMES:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(KNOWN_NAMES)}")
+    check_path_length(root, "--data")
     if name.lower() in ("imagenet", "folder"):
         try:
-            return load_image_folder(name.lower(), root, split, image_size)
+            folder = load_image_folder(name.lower(), root, split, image_size)
         except UserError as exc:
             if download:
                 raise UserError(f"{exc} ({name} cannot be downloaded automatically)") from None
             raise
+        check_classes(folder, split, f"{name.lower()} under {root}")
+        return folder
     info = DATASETS[name.lower()]
     if info.name == "synthetic":
         return make_synthetic(synthetic_size, image_size or info.image_size, info.num_classes,
@@ -434,7 +543,33 @@ def load_dataset(name: str, root: str, split: Split, download: bool = False, ima
     if int(data.labels.min()) < 0 or int(data.labels.max()) >= info.num_classes:
         raise UserError(f"{info.name} {split} labels under {path} fall outside 0..{info.num_classes - 1}; "
                         f"is --dataset right for these files?")
+    check_classes(data, split, f"{info.name} under {path}")
     return resize_images(data, image_size) if image_size else data
+
+
+def _labels(data: InMemoryImages | torch.utils.data.Dataset) -> torch.Tensor:
+    """The labels of an in-memory dataset, an ImageFolder or a ``Subset`` of one, without reading images."""
+    if isinstance(data, torch.utils.data.Subset):
+        return _labels(data.dataset)[torch.as_tensor(list(data.indices), dtype=torch.long)]
+    return data.labels if isinstance(data, InMemoryImages) else torch.as_tensor(data.targets)
+
+
+def check_classes(data: InMemoryImages | torch.utils.data.Dataset, split: Split, where: str) -> None:
+    """At least two classes: a network trained on one learns nothing and scores 100%, so a
+    training set of one is an error; a test set of one (a per-class check) is worth a warning."""
+    found = int(torch.unique(_labels(data)).numel())
+    if found >= 2:
+        return
+    message = f"the {split} set ({where}) holds images of {found} class{'' if found == 1 else 'es'} only"
+    if split == "train":
+        raise UserError(f"{message}; a classifier needs at least two (one sub-folder per class for a folder tree)")
+    logging.getLogger("fairdarts").warning("warning: %s; its accuracy says nothing about the others", message)
+
+
+def image_size_of(name: str, image_size: int | None) -> int:
+    """The side of the images a run of dataset ``name`` sees: ``image_size`` when given, else the
+    dataset's own (an ImageFolder tree is read at ImageNet's)."""
+    return image_size or DATASETS.get(name.lower(), DATASETS["imagenet"]).image_size
 
 
 def split_train_portion(n: int, portion: float) -> tuple[list[int], list[int]]:
@@ -463,6 +598,7 @@ def load_first(name: str, root: str, split: Split, n: int | None, download: bool
     if n is not None and n < len(data):
         data = (data.subset(list(range(n))) if isinstance(data, InMemoryImages)
                 else torch.utils.data.Subset(data, range(n)))
+        check_classes(data, split, f"the first {n} images of {name}")
     if later and image_size:
         data = resize_images(data, image_size)
     return data

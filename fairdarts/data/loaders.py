@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 from fairdarts.data.augment import BatchAugment
 from fairdarts.data.datasets import InMemoryImages, SkippedImage
 from fairdarts.errors import UserError
+from fairdarts.threads import check_workers
 
 Batch = tuple[Tensor, Tensor]
 
@@ -169,6 +170,8 @@ class _SkipSampler(Sampler[int]):
 
 
 _WARNED: set[str] = set()  # unreadable images already reported by this process
+#: The share of a pass's images that may be unreadable (skipped, counted); more is an error.
+MAX_UNREADABLE_SHARE = 0.1
 
 
 def collate_skipping(items: list) -> tuple[Tensor | None, Tensor | None, list[SkippedImage]]:
@@ -191,6 +194,7 @@ class TorchLoader(_Position):
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         _check_rank(rank, world_size, batch_size)
+        check_workers(workers)
         if len(dataset) == 0:
             raise UserError("no images to load: the dataset (or its --subset / --train_portion share) is empty")
         self.device = torch.device(device) if device is not None else None
@@ -209,18 +213,33 @@ class TorchLoader(_Position):
     def __iter__(self) -> Iterator[Batch]:
         self.sampler.skip = self._start() * self.batch_size
         self.sampler.inner.set_epoch(self.epoch)
+        unreadable, seen = 0, 0
         for x, y, skipped in self.loader:
-            for item in skipped:
-                if item.path not in _WARNED:
-                    _WARNED.add(item.path)
-                    logging.getLogger("fairdarts").warning("skipping unreadable image %s: %s", item.path, item.reason)
+            unreadable, seen = unreadable + len(skipped), seen + len(skipped) + (0 if y is None else len(y))
+            self._report(skipped, unreadable)
+            self.batch += 1
             if x is None:  # every image of the batch was unreadable
-                self.batch += 1
                 continue
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            self.batch += 1
             yield x, y
+        if unreadable:
+            logging.getLogger("fairdarts").warning("%d of the %d images of this pass were unreadable and skipped",
+                                                   unreadable, seen)
+
+    def _report(self, skipped: list[SkippedImage], unreadable: int) -> None:
+        """One warning per unreadable file; an error once more than :data:`MAX_UNREADABLE_SHARE` of
+        the pass's images are unreadable (decided as soon as the count passes that share of the
+        whole pass, so a folder of broken files stops at its first batches)."""
+        for item in skipped:
+            if item.path not in _WARNED:
+                _WARNED.add(item.path)
+                logging.getLogger("fairdarts").warning("skipping unreadable image %s: %s", item.path, item.reason)
+        total = len(self.sampler.inner)
+        if unreadable > MAX_UNREADABLE_SHARE * total:
+            raise UserError(f"{unreadable} of the {total} images of this pass are unreadable (more than "
+                            f"{MAX_UNREADABLE_SHARE:.0%}; e.g. {skipped[0].path if skipped else '?'}): "
+                            "repair or remove them")
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, rank: int = 0,

@@ -28,8 +28,9 @@ from fairdarts.evaluation.export import check_onnx, export_onnx
 from fairdarts.flops import count_flops_params
 from fairdarts.invocation import prog
 from fairdarts.run_dir import progress
-from fairdarts.safe_io import check_outputs, check_writable
+from fairdarts.safe_io import check_outputs, mark_output
 from fairdarts.search_space import NetworkSpec
+from fairdarts.search_space.topology import MAX_LAYERS
 from fairdarts.threads import HELP as THREADS_HELP, set_threads
 
 DESCRIPTION = "Evaluate a retrained (or official) checkpoint: top-1 / top-5, loss, throughput"
@@ -44,7 +45,8 @@ class EvalConfig:
                                         "(name, JSON, Genotype(...) text, run folder)")
     init_channels: int | None = field_help(None, "network width for official checkpoints (default: manifest, else 36)",
                                            low=1)
-    layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3)
+    layers: int | None = field_help(None, "cells for official checkpoints (default: manifest, else 20)", low=3,
+                                     high=MAX_LAYERS)
     dataset: str | None = field_help(None, "test set (default: the checkpoint's, else cifar10)",
                                      choices=DATASET_CHOICES)
     data: str = field_help("data", "dataset root")
@@ -68,10 +70,11 @@ class EvalConfig:
     dump_logits: str | None = field_help(None, "save {'logits', 'targets'} of every test image here (torch file)")
     export: str | None = field_help(None, "also export the network for deployment", choices=("onnx",))
     export_path: str | None = field_help(None, "where --export writes (default: beside the checkpoint, .onnx)")
+    overwrite: bool = field_help(False, "replace an existing output file that this tool did not write")
 
 
 def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, device: torch.device):
-    """(batches, num_classes, class names) of the test split, first ``--subset`` images only."""
+    """(batches, the dataset's info, class names) of the test split, first ``--subset`` images only."""
     data = load_dataset(dataset, cfg.data, "test", download=cfg.download, image_size=image_size)
     n = len(data) if cfg.subset is None else min(cfg.subset, len(data))
     info = data.info
@@ -84,7 +87,7 @@ def dataset_batches(cfg: EvalConfig, dataset: str, image_size: int | None, devic
         subset = torch.utils.data.Subset(data, range(n)) if n < len(data) else data
         loader = make_dataloader(subset, batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers, seed=0,
                                  rank=0, world_size=1, drop_last=False, device=device)
-    return loader, info.num_classes, names
+    return loader, info, names
 
 
 def tensor_batches(path: str, batch_size: int, device: torch.device, spec: NetworkSpec):
@@ -122,16 +125,13 @@ def _outputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
 
 
 def check_paths(cfg: EvalConfig) -> None:
-    """Before any work: no output may replace an input (the checkpoint, --inputs, --arch, the
-    manifest) or another output, and every output's folder must be writable."""
-    arch = cfg.arch if cfg.arch and Path(cfg.arch).is_file() else None
-    inputs = [("--model_path", cfg.model_path), ("--inputs", cfg.inputs), ("--arch", arch),
+    """Before any work, :func:`check_outputs`: no output may be or lie in an input (the checkpoint,
+    --inputs, --arch, the manifest, the dataset folder --data) or replace a file without --overwrite."""
+    arch = cfg.arch if cfg.arch and Path(cfg.arch).exists() else None
+    data = cfg.data if not cfg.inputs and cfg.dataset != "synthetic" else None
+    inputs = [("--model_path", cfg.model_path), ("--inputs", cfg.inputs), ("--arch", arch), ("--data", data),
               ("manifest", str(MANIFEST) if MANIFEST.is_file() else None)]
-    outputs = _outputs(cfg)
-    check_outputs(outputs, inputs)
-    for flag, path in outputs:
-        if path is not None:
-            check_writable(path, flag)
+    check_outputs(_outputs(cfg), inputs, cfg.overwrite)
 
 
 def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
@@ -173,10 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_classes = loaded.spec.num_classes
     else:
         dataset = cfg.dataset or loaded.dataset or "cifar10"
-        batches, num_classes, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.spec.image_size, device)
-        reference, has_target = None, True
-        if num_classes != loaded.spec.num_classes:
-            raise UserError(f"the network has {loaded.spec.num_classes} classes, the {dataset} test set {num_classes}")
+        batches, info, names = dataset_batches(cfg, dataset, cfg.image_size or loaded.spec.image_size, device)
+        reference, has_target, num_classes = None, True, info.num_classes
+        spec = loaded.spec
+        if (num_classes, info.in_channels) != (spec.num_classes, spec.in_channels):
+            raise UserError(f"the network takes {spec.in_channels}-channel images of {spec.num_classes} classes, the "
+                            f"{dataset} test set has {info.in_channels}-channel images of {num_classes}")
     batches = progress(batches, total=len(batches), desc="test", enabled=cfg.progress)
     try:
         result = evaluate(model, batches, num_classes, keep_logits=bool(cfg.dump_logits) or reference is not None,
@@ -194,9 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"max |logit - reference logit| = {diff:.3e}")
     if cfg.confusion:
         plot_confusion(result.confusion, Path(cfg.confusion), names)
+        mark_output(cfg.confusion, "fairdarts-evaluate")
         print(f"confusion matrix: {cfg.confusion}")
     if cfg.dump_logits:
         save_checkpoint({"logits": result.logits, "targets": result.targets}, Path(cfg.dump_logits))
+        mark_output(cfg.dump_logits, "fairdarts-evaluate")
         print(f"logits: {cfg.dump_logits}")
     if cfg.export == "onnx":
         export(cfg, loaded, shape)
@@ -208,6 +212,7 @@ def export(cfg: EvalConfig, loaded: LoadedModel, shape: tuple[int, ...]) -> None
     model = loaded.model.cpu().float().eval()
     example = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
     export_onnx(model, example, path)
+    mark_output(path, "fairdarts-evaluate")
     diff = check_onnx(path, model, example)
     check = "onnxruntime not installed, not checked" if diff is None else f"onnxruntime max |logit diff| {diff:.2e}"
     print(f"ONNX: {path} ({check})")

@@ -15,11 +15,14 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from fairdarts.data import image_size_of
 from fairdarts.distributed import DistContext
 from fairdarts.errors import run_cli
 from fairdarts.runner import Builder, Command, run_command
 from fairdarts.search.config import RESUME_OVERRIDABLE, SearchConfig
 from fairdarts.search.searcher import Searcher, build_data
+from fairdarts.search.spaces import space_of
+from fairdarts.search_space.memory import check_training_memory
 
 DESCRIPTION = ("Fair DARTS (default) or DARTS (--gate softmax --primitives darts) architecture search, in the "
                "DARTS cell space or (--search_space mobile) the MobileNetV2-like ImageNet space S2")
@@ -31,6 +34,9 @@ def main(argv: Sequence[str] | None = None, config_cls: type[SearchConfig] = Sea
     add flags and behaviour to the same loop instead of copying it; ``name``: its key in
     :data:`fairdarts.invocation.COMMANDS`."""
     def start(cfg: SearchConfig, _prepared: None, dist: DistContext) -> Builder:
+        check_training_memory(space_of(cfg).primitives, dist.per_rank_batch(cfg.batch_size),
+                              image_size_of(cfg.dataset, cfg.image_size), dist.device, cfg.init_channels, cfg.layers,
+                              cfg.width_mult)
         data = build_data(cfg, dist)
 
         def build(cfg: SearchConfig, run_dir: Path, logger: logging.Logger) -> Searcher:

@@ -17,6 +17,7 @@ from fairdarts.search.collapse import DartsES
 from fairdarts.search.losses import SEP_LOSSES
 from fairdarts.search.spaces import ALIASES, space_of
 from fairdarts.search_space import GATES, METHODS, MOBILE_METHODS, resolve_primitives
+from fairdarts.search_space.topology import MAX_LAYERS
 
 #: A search runs on the in-memory datasets and ImageFolder trees (ImageNet as a 'folder').
 SEARCH_DATASETS = tuple(d for d in DATASET_CHOICES if d != "imagenet")
@@ -42,7 +43,7 @@ class SearchConfig(RunConfig):
     search_space: str = field_help("cell", "cell (S1, the DARTS cell) or mobile (S2, MobileNetV2-like ImageNet "
                                    "layers); aliases s1, s2", choices=tuple(ALIASES))
     init_channels: int = field_help(16, "channels of the first cell (cell space)", low=1)
-    layers: int = field_help(8, "number of cells in the supernet (cell space)", low=1)
+    layers: int = field_help(8, "number of cells in the supernet (cell space)", low=1, high=MAX_LAYERS)
     primitives: str = field_help("fairdarts", "candidate ops of the cell space: 'fairdarts' (7 ops), 'darts' "
                                  "(+ none) or a comma list")
     width_mult: float = field_help(1.0, "channel width multiplier of the mobile space", low=0.0, low_open=True)

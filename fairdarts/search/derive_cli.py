@@ -10,13 +10,12 @@ space, the primitives and the default method and threshold. Prints the official
 ``Genotype(...)`` text (a one-line layer list for S2); ``--out`` also writes the JSON that
 ``get_genotype`` reads. A threshold rule that leaves a cell empty (no gate reached the
 threshold) is warned about on stderr, with the gate range found and the two remedies.
-``--out`` never replaces one of its inputs, nor a file of a search run folder
-(``genotype.json``, the gate weights...): a re-derived genotype goes beside them under a name of
-its own. Gate values that are NaN or infinite (a diverged search) are refused.
+``--out`` follows the output rule of :func:`fairdarts.safe_io.check_outputs`: never one of its
+inputs nor inside the run folder it reads, an existing file only with ``--overwrite`` (or when
+this tool wrote it). Gate values that are NaN or infinite (a diverged search) are refused.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,11 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from fairdarts.config import load_config_file
-from fairdarts.errors import CLIParser, UserError, run_cli
+from fairdarts.errors import CLIParser, UserError, finite_float, run_cli
 from fairdarts.help_groups import add_flag, grouped_choices, help_sections
 from fairdarts.invocation import prog
-from fairdarts.run_dir import LOCK, RUN_FILES, RUN_FOLDERS, atomic_write_text
-from fairdarts.safe_io import check_outputs, check_writable
+from fairdarts.run_dir import atomic_write_text
+from fairdarts.safe_io import check_outputs, mark_output
 from fairdarts.search.config import SearchConfig
 from fairdarts.search.spaces import CellSpace, MobileSpace, load_gates, space_of
 from fairdarts.search_space import METHODS, MOBILE_METHODS, PRIMITIVE_SETS, mobile_primitives, resolve_primitives
@@ -43,33 +42,28 @@ def build_parser() -> CLIParser:
     add_flag(sections, "--parse_method", default=None,
              help="derivation rule (default: the run's, else threshold_sparse for a cell search, threshold for a "
                   f"mobile one); {grouped_choices({'cell': METHODS, 'mobile': MOBILE_METHODS})}")
-    add_flag(sections, "--op_threshold", type=float, default=None,
+    add_flag(sections, "--op_threshold", type=finite_float, default=None,
              help="gate threshold of the threshold rules (default: the run's, else 0.85)")
     add_flag(sections, "--primitives", default=None,
              help="op names of a cell search's columns: fairdarts, darts or a comma list (default: the run's config)")
     add_flag(sections, "--out", metavar="FILE", default=None,
              help="also write the genotype JSON here (default: none)")
+    add_flag(sections, "--overwrite", action="store_true",
+             help="replace an existing --out file that this tool did not write")
     return p
 
 
-def _check_out(out: Path, inputs: list[tuple[str, Path]]) -> None:
-    """``--out`` may replace neither an input nor a file that a search run folder owns."""
-    check_outputs([("--out", out)], inputs)
-    resolved = Path(os.path.abspath(out)).resolve()
-    for folder in (resolved.parent, resolved.parent.parent):
-        if (folder / "config.yaml").is_file() or (folder / "checkpoint.pt").is_file():
-            first = resolved.relative_to(folder).parts[0]
-            if first in RUN_FILES or first in RUN_FOLDERS or first == LOCK:
-                raise UserError(f"--out {out} is one of the run folder {folder}'s own files; write the derived "
-                                "genotype elsewhere (e.g. --out derived.json)")
-    check_writable(out, "--out")
-
-
 def _inputs(source: Path, *files: Path) -> list[tuple[str, Path]]:
-    """What this command reads: the gate files and, beside them, the run's config.yaml."""
+    """What this command reads: the gate files and, when they lie in a run folder (its
+    ``config.yaml`` is read too), that whole folder."""
     folder = source if source.is_dir() else source.parent
     found = [("source", f) for f in files]
-    return found + ([("run config", folder / "config.yaml")] if (folder / "config.yaml").is_file() else [])
+    return found + ([("search run", folder)] if (folder / "config.yaml").is_file() else [])
+
+
+def _write(out: Path, text: str) -> None:
+    atomic_write_text(out, text + "\n")
+    mark_output(out, "fairdarts-derive")
 
 
 def _run_config(folder: Path) -> SearchConfig | None:
@@ -109,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--parse_method {method} does not apply to a mobile search; use argmax or threshold")
         if args.out:
             files = [source / "mobile_weight.npy"] if source.is_dir() else [source]
-            _check_out(Path(args.out), _inputs(source, *files))
+            check_outputs([("--out", args.out)], _inputs(source, *files), args.overwrite)
         genotype = space.derive(mobile, method, threshold)
         print(genotype.to_text())
         if args.out:
-            atomic_write_text(Path(args.out), genotype.to_json() + "\n")
+            _write(Path(args.out), genotype.to_json())
         return 0
     normal_path = source / "normal_weight.npy" if source.is_dir() else source
     reduce_path = Path(args.reduce) if args.reduce else normal_path.parent / "reduce_weight.npy"
@@ -121,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if normal.shape != reduce.shape:
         raise UserError(f"normal weights {normal.shape} and reduce weights {reduce.shape} differ in shape")
     if args.out:
-        _check_out(Path(args.out), _inputs(source, normal_path, reduce_path))
+        check_outputs([("--out", args.out)], _inputs(source, normal_path, reduce_path), args.overwrite)
 
     if args.primitives:
         primitives = resolve_primitives(args.primitives)
@@ -135,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     genotype = CellSpace(primitives).derive([normal, reduce], method, threshold)
     print(genotype.to_text())
     if args.out:
-        atomic_write_text(Path(args.out), genotype.to_json() + "\n")
+        _write(Path(args.out), genotype.to_json())
     advice = cells_advice(genotype, [normal, reduce], primitives, method, threshold)
     if advice:  # after --out, so that a failed write stays the one line on stderr
         print(f"warning: {advice}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -28,12 +29,20 @@ from typing import Any, Iterable, Literal
 
 from fairdarts.errors import UserError
 from fairdarts.invocation import command
-from fairdarts.safe_io import read_text_limited
+from fairdarts.safe_io import read_text_limited, short_repr
 from fairdarts.search_space.mobile_genotype import MobileGenotype, mobile_genotype_from_dict
 from fairdarts.search_space.operations import OPS
 
 Form = Literal["darts", "fairdarts", "darts-reweight"]
 FORMS: tuple[str, ...] = ("darts", "fairdarts", "darts-reweight")
+_WIDTH = {"darts": 2, "fairdarts": 3, "darts-reweight": 3}
+
+#: Bounds of one cell, checked before anything is built: a search derives 4 intermediate nodes and
+#: at most 14 inputs x 8 ops = 112 edges; a hand-written cell may be larger, but a cell of 20,000
+#: edges would take minutes to build and is refused at once.
+MAX_CELL_NODES = 16
+MAX_CELL_EDGES = 256
+BOUNDS = f"a cell may have at most {MAX_CELL_NODES} intermediate nodes and {MAX_CELL_EDGES} edges"
 
 
 @dataclass(frozen=True)
@@ -131,15 +140,28 @@ def _as_int(v: Any, what: str) -> int:
     return v
 
 
+def _as_weight(v: Any, what: str) -> float:
+    """A reweight-form op scale: a finite real number (a NaN scale would make every output NaN)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise UserError(f"genotype {what} weight must be a finite number, got {short_repr(v)}")
+    return float(v)
+
+
 def _build_edges(raw: Any, form: str, cell: str) -> tuple[Edge, ...]:
     if not isinstance(raw, (list, tuple)):
         raise UserError(f"genotype '{cell}' must be a list of edges")
     if not raw and form != "fairdarts":
         raise UserError(f"DARTS-form genotype '{cell}' must have two edges per node, got none")
+    limit = MAX_CELL_EDGES if form == "fairdarts" else 2 * MAX_CELL_NODES
+    if len(raw) > limit:
+        raise UserError(f"genotype '{cell}' has {len(raw)} edges: {BOUNDS} ({2 * MAX_CELL_NODES} in the DARTS forms, "
+                        "two per node)")
     edges = []
     for k, item in enumerate(raw):
-        if not isinstance(item, (list, tuple)):
-            raise UserError(f"genotype '{cell}' edge {k} must be a list like ['sep_conv_3x3', 0], got {item!r}")
+        if not isinstance(item, (list, tuple)) or len(item) != _WIDTH[form]:
+            raise UserError(f"genotype '{cell}' edge {k} must be a list of {_WIDTH[form]} like "
+                            f"{_edge_to_list(Edge('sep_conv_3x3', 2, 0, 1.0), form)!r} ({form} form), "
+                            f"got {short_repr(item)}")
         op = item[0]
         if not isinstance(op, str) or op not in OPS:
             close = difflib.get_close_matches(str(op), list(OPS), n=1)
@@ -147,14 +169,15 @@ def _build_edges(raw: Any, form: str, cell: str) -> tuple[Edge, ...]:
             raise UserError(f"genotype '{cell}' edge {k} has unknown op {op!r}{hint}")
         if form == "fairdarts":
             to, src = _as_int(item[1], f"'{cell}' edge {k} 'to'"), _as_int(item[2], f"'{cell}' edge {k} 'from'")
-            if to < 2:
-                raise UserError(f"genotype '{cell}' edge {k}: 'to' node {to} must be an intermediate node (>= 2)")
+            if not 2 <= to <= MAX_CELL_NODES + 1:
+                raise UserError(f"genotype '{cell}' edge {k}: 'to' node {to} must be an intermediate node, "
+                                f"2..{MAX_CELL_NODES + 1} ({BOUNDS})")
             edges.append(Edge(op, to, src))
         else:
             if len(raw) % 2:
                 raise UserError(f"DARTS-form genotype '{cell}' needs two edges per node, got {len(raw)} edges")
             src = _as_int(item[1], f"'{cell}' edge {k} 'from'")
-            weight = float(item[2]) if form == "darts-reweight" else None
+            weight = _as_weight(item[2], f"'{cell}' edge {k}") if form == "darts-reweight" else None
             edges.append(Edge(op, 2 + k // 2, src, weight))
     for k, e in enumerate(edges):
         if not 0 <= e.src < e.to:
@@ -165,11 +188,20 @@ def _build_edges(raw: Any, form: str, cell: str) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
-def _build_concat(raw: Any, edges: tuple[Edge, ...], cell: str) -> tuple[int, ...]:
+def _concat_list(raw: Any, cell: str, allow_empty: bool = False) -> list[Any]:
+    """A concat as a bounded list: it names nodes, at most every node of the cell (a Fair DARTS
+    cell without edges has none)."""
     if isinstance(raw, range):
         raw = list(raw)
-    if not isinstance(raw, (list, tuple)) or not raw:
+    if not isinstance(raw, (list, tuple)) or not (raw or allow_empty):
         raise UserError(f"genotype '{cell}_concat' must be a non-empty list of node indices")
+    if len(raw) > MAX_CELL_NODES + 2:
+        raise UserError(f"genotype '{cell}_concat' names {len(raw)} nodes: {BOUNDS}")
+    return list(raw)
+
+
+def _build_concat(raw: Any, edges: tuple[Edge, ...], cell: str) -> tuple[int, ...]:
+    raw = _concat_list(raw, cell)
     nodes = {e.to for e in edges}
     concat = tuple(_as_int(v, f"'{cell}_concat' entry") for v in raw)
     bad = [v for v in concat if v not in nodes and v not in (0, 1)]
@@ -192,8 +224,8 @@ def make_genotype(normal: Any, reduce: Any, normal_concat: Any = None, reduce_co
         default = list(range(2, max((e.to for e in n_edges + r_edges), default=1) + 1))
         normal_concat = normal_concat if normal_concat is not None else default
         reduce_concat = reduce_concat if reduce_concat is not None else default
-        nc, rc = tuple(_as_int(v, "concat entry") for v in normal_concat), tuple(
-            _as_int(v, "concat entry") for v in reduce_concat)
+        nc, rc = (tuple(_as_int(v, "concat entry") for v in _concat_list(raw, cell, allow_empty=True))
+                  for raw, cell in ((normal_concat, "normal"), (reduce_concat, "reduce")))
     else:
         if normal_concat is None or reduce_concat is None:
             raise UserError("DARTS-form genotype needs 'normal_concat' and 'reduce_concat'")

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fairdarts.errors import UserError
+from fairdarts.safe_io import short_repr
 
 KERNELS: tuple[int, ...] = (3, 5, 7)
 EXPANSIONS: tuple[int, ...] = (3, 6)
@@ -112,8 +113,9 @@ def make_mobile_genotype(layers: Any) -> MobileGenotype:
     for i, (ops, spec) in enumerate(zip(layers, specs), 1):
         if isinstance(ops, str):
             ops = [ops]
-        if not isinstance(ops, (list, tuple)) or not ops:
-            raise UserError(f"mobile genotype layer {i} must be a non-empty list of op names, got {ops!r}")
+        if not isinstance(ops, (list, tuple)) or not 1 <= len(ops) <= len(MOBILE_OPS):
+            raise UserError(f"mobile genotype layer {i} must be a non-empty list of at most {len(MOBILE_OPS)} "
+                            f"distinct op names, got {short_repr(ops)}")
         for op in ops:
             if op not in MOBILE_OPS:
                 close = difflib.get_close_matches(str(op), MOBILE_OPS, n=1)

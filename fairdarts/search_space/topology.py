@@ -56,6 +56,11 @@ def max_identity_edges(steps: int = STEPS) -> int:
     return 2 * steps
 
 
+#: The most cells a network may stack: 20 is the published CIFAR depth; Python builds a cell in
+#: milliseconds, so 100,000 of them would take minutes before the first step.
+MAX_LAYERS = 1000
+
+
 def reduction_layers(layers: int) -> tuple[int, int]:
     """The cells that halve the resolution (and double the channels): at 1/3 and 2/3 of the depth."""
     return layers // 3, 2 * layers // 3

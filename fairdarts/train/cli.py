@@ -15,11 +15,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from fairdarts.data import image_size_of
 from fairdarts.distributed import DistContext
 from fairdarts.errors import run_cli
 from fairdarts.run_config import RESUME_OVERRIDABLE
 from fairdarts.runner import Builder, Command, run_command
 from fairdarts.search_space import Genotype, MobileGenotype
+from fairdarts.search_space.memory import check_training_memory
 from fairdarts.train.config import TrainConfig
 from fairdarts.train.trainer import Trainer, build_data, resolve_arch
 
@@ -27,7 +29,10 @@ DESCRIPTION = "Retrain a searched genotype from scratch (official DARTS / Fair D
 
 
 def _start(cfg: TrainConfig, genotype: Genotype | MobileGenotype, dist: DistContext) -> Builder:
-    """The data (missing data and an --accum_steps the batch cannot take fail here), then the trainer's builder."""
+    """The memory check, the data (missing data and an --accum_steps the batch cannot take fail
+    here), then the trainer's builder."""
+    check_training_memory(genotype, dist.per_rank_batch(cfg.batch_size), image_size_of(cfg.dataset, cfg.image_size),
+                          dist.device, cfg.init_channels, cfg.layers, cfg.width_mult, imagenet=cfg.family == "imagenet")
     data = build_data(cfg, dist)
 
     def build(cfg: TrainConfig, run_dir: Path, logger: logging.Logger) -> Trainer:

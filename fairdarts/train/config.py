@@ -25,6 +25,7 @@ from fairdarts.data import DATASET_CHOICES
 from fairdarts.errors import UserError
 from fairdarts.run_config import RunConfig
 from fairdarts.search_space import METHODS, MOBILE_METHODS, MobileGenotype, get_genotype
+from fairdarts.search_space.topology import MAX_LAYERS
 
 SCHEDULES = ("cosine", "exponential")
 FAMILIES = ("cifar", "imagenet", "mobile")
@@ -64,7 +65,7 @@ class TrainConfig(RunConfig):
     op_threshold: float = field_help(0.85, "gate threshold when --parse_method re-derives a threshold_* genotype",
                                      low=0.0, high=1.0)
     init_channels: int | None = field_help(None, "channels of the first cell (default 36 CIFAR, 48 ImageNet)", low=1)
-    layers: int | None = field_help(None, "number of cells (default 20 CIFAR, 14 ImageNet)", low=3)
+    layers: int | None = field_help(None, "number of cells (default 20 CIFAR, 14 ImageNet)", low=3, high=MAX_LAYERS)
     auxiliary: bool = field_help(True, "auxiliary head at 2/3 depth (the published setting)")
     auxiliary_weight: float = field_help(0.4, "weight of the auxiliary loss", low=0.0)
     drop_path_prob: float | None = field_help(
