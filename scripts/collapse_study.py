@@ -140,10 +140,27 @@ class Run:
 
 
 
+RESUMED = re.compile(r"^\S+ \S+ resumed from ")
+
+
+def log_segments(lines: list[str]) -> list[float]:
+    """Seconds of each segment of a log, first to last timestamp. A resumed run starts a new
+    segment at its ``resumed from`` line, so a pause between two sessions is not counted."""
+    spans: list[list[datetime]] = []
+    for line in lines:
+        m = TIMESTAMP.match(line)
+        if not m:
+            continue
+        if not spans or RESUMED.match(line):
+            spans.append([])
+        spans[-1].append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+    return [(s[-1] - s[0]).total_seconds() for s in spans if s]
+
+
 def log_span(lines: list[str]) -> float | None:
-    """Seconds from the first to the last timestamp of a log (a resumed run includes the pause)."""
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in map(TIMESTAMP.match, lines) if m]
-    return (stamps[-1] - stamps[0]).total_seconds() if stamps else None
+    """Seconds the run ran, summed over its segments (None for a log without timestamps)."""
+    segments = log_segments(lines)
+    return sum(segments) if segments else None
 
 
 def load_run(label: str, folder: Path) -> Run:
@@ -185,6 +202,7 @@ def run_summary(run: Run, out: Path) -> dict:
         "skips_per_epoch": run.skips_per_epoch(),
         "genotypes": {rule: run.genotype(rule).to_dict() for rule in RULES},
         "wall_seconds": log_span(run.log),
+        "segments": len(log_segments(run.log)),
     }
     eigen = run.eigen_summary()
     if eigen is not None:
@@ -313,12 +331,13 @@ def _duration(seconds: float | None) -> str:
 def budget_lines(runs: list[Run], summary: dict) -> list[str]:
     keys = ("dataset", "subset", "train_portion", "image_size", "init_channels", "layers", "batch_size", "epochs",
             "seed", "device", "threads", "max_steps_per_epoch")
-    lines = ["| run | " + " | ".join(keys) + " | arch steps | search wall time |",
-             "| --- " * (len(keys) + 3) + "|"]
+    lines = ["| run | " + " | ".join(keys) + " | arch steps | search wall time | segments |",
+             "| --- " * (len(keys) + 4) + "|"]
     for r in runs:
         s = summary["runs"][r.label]
         lines.append(f"| {r.label} | " + " | ".join(str(r.config.get(k)) for k in keys)
-                     + f" | {s['arch_steps']} ({s['arch_steps_source']}) | {_duration(s['wall_seconds'])} |")
+                     + f" | {s['arch_steps']} ({s['arch_steps_source']}) | {_duration(s['wall_seconds'])} "
+                     + f"| {s.get('segments', 1)} |")
     study = summary.get("study")
     hardware = (f"Hardware: {study['hardware']}. Command: `{study['command']}`." if study
                 else f"Hardware: not recorded ({STUDY} is written by the `run` subcommand only).")

@@ -110,10 +110,22 @@ def test_arch_steps_from_the_log_or_from_the_config(fake_study):
     assert summary["DARTS"]["arch_steps_per_epoch"] == [5, 6, 7, 8, 9, 10]
     assert summary["DARTS"]["arch_steps_source"] == "log.txt"
     assert summary["DARTS"]["wall_seconds"] == 5 * 60
+    assert summary["DARTS"]["segments"] == 1
     # No log: the weight half of --subset 100 is 50 images, ceil(50 / 8) = 7 steps per epoch.
     assert summary["FairDARTS"]["arch_steps"] == 6 * 7
     assert summary["FairDARTS"]["arch_steps_source"].startswith("config.yaml")
     assert summary["FairDARTS"]["wall_seconds"] is None
+
+
+def test_wall_time_sums_the_segments_of_a_resumed_run():
+    """A study resumed in a later session: the pause between the segments is not search time."""
+    lines = ["2026-12-07 18:00:00 search config: {}", "2026-12-07 18:10:00 epoch 0 train_acc ...",
+             "2026-12-07 20:10:00 epoch 1 train_acc ...", "no timestamp",
+             "2026-12-08 09:00:00 resumed from /r/checkpoint.pt after epoch 2 of 4",
+             "2026-12-08 09:30:00 epoch 3 train_acc ..."]
+    assert study["log_segments"](lines) == [130 * 60, 30 * 60]
+    assert study["log_span"](lines) == 160 * 60
+    assert study["log_span"](["no timestamp"]) is None
 
 
 def test_report_is_made_from_the_data(fake_study):

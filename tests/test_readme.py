@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import re
 import runpy
 import shlex
@@ -71,6 +72,7 @@ INLINE: dict[str, str] = {
     "ruff check .": "test_inline_commands_are_what_ci_runs",
     "python -m pytest -q": "test_readme_test_command_is_what_ci_runs",
     "tensorboard --logdir runs": "test_walkthrough_runs_and_ends_in_the_stated_accuracy_range",
+    "python -m fairdarts.doctor": "test_doctor_named_in_readme_runs",
 }
 COMMAND = re.compile(r"(python|pip|torchrun|bash|apt-get|tensorboard|ruff|fairdarts-[a-z-]+) ")
 
@@ -132,6 +134,15 @@ def test_every_inline_command_is_covered():
     missing = [c for c in inline if c not in INLINE]
     assert not missing, f"commands named in README's prose without a test: {missing} (add them to INLINE)"
     assert set(INLINE.values()) <= set(globals())
+
+
+def test_doctor_named_in_readme_runs(tmp_path):
+    """README's troubleshooting command, as a user types it (kernels off: nothing is built)."""
+    env = {**os.environ, "FAIRDARTS_NATIVE_KERNELS": "0", "FAIRDARTS_KERNEL_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "fairdarts.doctor"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torch" in out.stdout
 
 
 def test_inline_commands_are_what_ci_runs():
