@@ -175,10 +175,17 @@ def test_a_full_disk_for_tensorboard_or_the_log_is_one_warning(tmp_path, monkeyp
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(tensorboard, "SummaryWriter", no_space)
+    class FullAfterOpening:
+        """A writer made before the disk filled up: its writes fail."""
+        def __init__(self, *args, **kwargs):
+            pass
+        add_scalar = add_histogram = flush = close = staticmethod(no_space)
+
+    monkeypatch.setattr(tensorboard, "SummaryWriter", FullAfterOpening)
     with caplog.at_level(logging.WARNING, logger="fairdarts"):
         writer = MetricsWriter(tmp_path)
         writer.add_scalar("a", 1.0, 0)
+        writer.add_scalar("b", 1.0, 0)
         writer.close()
     assert [r.getMessage() for r in caplog.records] == [
         "could not write the TensorBoard metrics (No space left on device); no more are written"]

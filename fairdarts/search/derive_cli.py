@@ -92,6 +92,9 @@ def _mobile(source: Path, cfg: SearchConfig | None) -> list[np.ndarray] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.parse_method is not None and args.parse_method not in METHODS + MOBILE_METHODS:
+        raise UserError(f"--parse_method {args.parse_method!r} is not a derivation rule; use one of "
+                        f"{', '.join(METHODS)} (cell searches) or {', '.join(MOBILE_METHODS)} (mobile searches)")
     source = Path(args.source)
     cfg = _run_config(source if source.is_dir() else source.parent)
     threshold = args.op_threshold if args.op_threshold is not None else (cfg.op_threshold if cfg else 0.85)
