@@ -4,10 +4,10 @@ A CPU search or training step allocates and frees hundreds of activation and gra
 of a few MB. glibc's malloc serves blocks above its mmap threshold with fresh ``mmap`` s and
 returns freed heap tops to the kernel, so every step faults its working set in again, page by
 zeroed page: at C=16, 8 layers, 32 px, batch 32 about 43,000 minor page faults (~170 MB) per
-weight pass, 1.05x its CPU time with memory kept (``python benchmarks/bench_allocator.py``
-measures both; the gain in wall time is larger when the kernel zeroes pages for other
-processes too). Raising the mmap threshold and the
-trim threshold keeps freed blocks for reuse; the peak resident memory is unchanged, only its
+weight pass, 1.05x its CPU time with memory kept (the ``ours_glibc_malloc`` row of
+``python benchmarks/bench_vs_textbook.py`` measures both; the gain in wall time is larger when
+the kernel zeroes pages for other processes too). Raising the mmap threshold and the trim
+threshold keeps freed blocks for reuse; the peak resident memory is unchanged, only its
 release to the system is deferred until the process ends.
 
 The command-line tools call :func:`keep_freed_memory` at start-up; a library user may call it

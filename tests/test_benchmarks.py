@@ -10,59 +10,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 
-from benchmarks import bench_allocator, bench_depthwise, bench_native_kernels, bench_search_passes  # noqa: E402
-
 # The scripts set the intra-op thread count (--threads 1); one_thread gives it back afterwards.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_search_passes_quick(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "passes.json"
-    assert bench_search_passes.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
-    row = json.loads(out.read_text())["results"][0]
-    for key in ("A_s", "W_s", "V_s", "first_order_s", "second_order_s"):
-        assert row[key] > 0
-    assert row["predicted_ratio"] == (2 * row["W_s"] + row["V_s"] + 2 * row["A_s"]) / (row["A_s"] + row["W_s"])
-    assert "floor of any exact implementation" in capsys.readouterr().out
-
-
-def test_depthwise_quick_gradients_agree(tmp_path: Path) -> None:
-    out = tmp_path / "depthwise.json"
-    assert bench_depthwise.main(["--quick", "--batch", "2", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert len(rows) == len(bench_depthwise.CASES)
-    assert max(r["max_rel_diff"] for r in rows) < 1e-4  # float32, sums regrouped
-
-
-def test_native_kernels_quick_times_three_equal_variants(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "native.json"
-    bench_native_kernels.main(["--size", "quick", "--batch", "4", "--repeats", "1", "--out", str(out)])
-    row = json.loads(out.read_text())["results"][0]
-    assert all(row[f"{v}_cpu_s"] > 0 for v in bench_native_kernels.VARIANTS)
-    assert max(row["float64_rel_diff_vs_textbook"].values()) < 1e-10
-    assert row["native_vs_pytorch"] == row["pytorch_cpu_s"] / row["native_cpu_s"]
-    assert "wrote" in capsys.readouterr().out
-
-
-def test_allocator_quick_runs_both_variants(tmp_path: Path) -> None:
-    out = tmp_path / "allocator.json"
-    assert bench_allocator.main(["--quick", "--rounds", "1", "--passes", "1", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [r["variant"] for r in rows] == list(bench_allocator.VARIANTS)
-    assert all(r["cpu_s"] > 0 and r["minor_faults"] >= 0 and r["passes"] == 1 for r in rows)
-
-
-def test_vs_textbook_quick_reports_step_and_weight_pass(tmp_path: Path) -> None:
+def test_vs_textbook_quick_reports_every_implementation_and_the_breakdown(tmp_path: Path, capsys) -> None:
+    """One run answers the whole question: ours, ours on PyTorch's kernels and the textbook
+    (equal numbers first), the memory subprocesses with glibc's malloc, the passes and the ops."""
     from benchmarks import bench_vs_textbook
+    from benchmarks.breakdown import DEPTHWISE_CASES
 
     out = tmp_path / "vs.json"
     assert bench_vs_textbook.main(["--quick", "--batch-sizes", "2", "--repeats", "1", "--threads", "1",
-                                   "--algorithms", "fairdarts_1st", "--images", "16", "--out", str(out)]) == 0
+                                   "--algorithms", "fairdarts_1st", "--images", "16", "--passes", "--ops",
+                                   "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    ours = next(r for r in result["rows"] if r["impl"] == "ours")
-    for key in ("speedup", "speedup_cpu", "weight_speedup", "weight_speedup_cpu", "median_cpu_s", "weight_median_s"):
-        assert ours[key] > 0
     assert max(result["equality_rel_err"]["fairdarts_1st"].values()) < 1e-10
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert list(rows) == list(bench_vs_textbook.IMPLEMENTATIONS)
+    for impl in ("ours", "pytorch_kernels"):
+        for key in ("speedup", "speedup_cpu", "weight_speedup", "weight_speedup_cpu", "mem_ratio"):
+            assert rows[impl][key] > 0
+        assert rows[impl]["speedup"] == rows["textbook"]["median_s"] / rows[impl]["median_s"]
+    assert "speedup" not in rows["textbook"]
+    memory = {r["impl"]: r for r in result["memory"]}
+    assert list(memory) == list(bench_vs_textbook.MEMORY_VARIANTS)
+    assert all(r["peak_mib"] > 0 and r["minor_faults_per_step"] >= 0 and r["step_cpu_s"] > 0 for r in memory.values())
+    (passes,) = result["passes"]
+    assert passes["predicted_ratio"] == ((2 * passes["W_s"] + passes["V_s"] + 2 * passes["A_s"])
+                                         / (passes["A_s"] + passes["W_s"]))
+    assert len(result["ops"]) == len(DEPTHWISE_CASES)
+    assert max(r["max_rel_diff"] for r in result["ops"]) < 1e-4  # float32, sums regrouped
+    printed = capsys.readouterr().out
+    assert "ours_glibc_malloc" in printed and "floor of any exact implementation" in printed and "nn.Conv2d" in printed
+
+
+def test_vs_textbook_pytorch_kernels_switch_the_library_off_for_the_call_only() -> None:
+    from benchmarks.bench_vs_textbook import kernels_of
+    from fairdarts.search_space import native
+
+    before = native.library()
+    with kernels_of("pytorch_kernels"):
+        assert native.library() is None
+    assert native.library() is before
+    with kernels_of("ours"):
+        assert native.library() is before
+
+
+def test_memory_quick_reports_slope_and_estimate(tmp_path: Path, capsys) -> None:
+    from benchmarks import bench_memory
+
+    out = tmp_path / "memory.json"
+    assert bench_memory.main(["--quick", "--models", "cell_supernet", "--batches", "2", "4", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["model"] == "cell_supernet" and row["batches"] == [2, 4] and row["image_size"] == 16
+    assert row["mib_per_image"] == (row["peak_mib"][1] - row["peak_mib"][0]) / 2
+    assert row["estimate_mib_per_image"] > 0 and row["estimate_weights_mib"] > 0
+    assert row["measured_over_estimate"] == row["mib_per_image"] / row["estimate_mib_per_image"]
+    assert "measured/est." in capsys.readouterr().out
+
+
+def test_memory_needs_two_batch_sizes(capsys) -> None:
+    from benchmarks import bench_memory
+
+    with pytest.raises(SystemExit):
+        bench_memory.main(["--quick", "--batches", "4"])
+    assert "at least two different sizes" in capsys.readouterr().err
 
 
 def test_cuda_graphs_quick_on_the_cpu_stand_in_equals_eager(tmp_path: Path, capsys) -> None:
@@ -77,6 +90,7 @@ def test_cuda_graphs_quick_on_the_cpu_stand_in_equals_eager(tmp_path: Path, caps
     for r in rows:
         assert r["capture"] == "run_eagerly" and r["captures"] == 1 and r["replays"] == r["steps"] - 4
         assert r["max_abs_alpha_diff"] == r["max_abs_weight_diff"] == r["max_abs_loss_diff"] == 0.0
+        assert r["eager_peak_mib"] is None and r["graphed_peak_mib"] is None  # CUDA's allocator only
     assert "checks the script, not the speed" in capsys.readouterr().out
 
 

@@ -3,7 +3,7 @@
 oneDNN, PyTorch's CPU convolution backend, runs a dilated depthwise convolution forward as
 fast as an undilated one, but its backward for the dilation-2 kernels of ``dil_conv_3x3`` /
 ``dil_conv_5x5`` takes dozens of times as long as the forward: a fifth of a first-order and a
-third of a second-order search step on the CPU (``python benchmarks/bench_depthwise.py``
+third of a second-order search step on the CPU (``python benchmarks/bench_vs_textbook.py --ops``
 measures each conv). The same numbers come from fast kernels by regrouping the sums:
 
 * stride == dilation (the strided ``dil_conv`` of a reduction cell) only ever reads every

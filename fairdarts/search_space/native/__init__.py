@@ -20,6 +20,7 @@ already loaded: one OpenMP runtime, one thread pool. The kernels use PyTorch's t
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -28,6 +29,7 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -236,3 +238,18 @@ def openmp() -> bool:
 def reset() -> None:
     """Forget the loaded library (tests switch the kernels off and on with the environment)."""
     _state.clear()
+
+
+@contextlib.contextmanager
+def switched_off() -> Iterator[None]:
+    """PyTorch's kernels inside the block, the loaded library again after it, without loading
+    anything anew (``FAIRDARTS_NATIVE_KERNELS=0`` with :func:`reset` would hash and load the
+    library again on the next call): what a benchmark needs to interleave the two call by call."""
+    saved = dict(_state)
+    _state.clear()
+    _state.update(lib=None, reason="switched off for this block")
+    try:
+        yield
+    finally:
+        _state.clear()
+        _state.update(saved)
