@@ -95,6 +95,15 @@ class Run:
         return [float(np.mean((g < POLAR_LOW) | (g > POLAR_HIGH)))
                 for g in (self.all_gates(e) for e in range(len(self.epochs)))]
 
+    def gate_change_per_epoch(self) -> list[float]:
+        """Largest change of any gate from the epoch before, for every epoch but the first."""
+        return [float(np.abs(self.all_gates(e) - self.all_gates(e - 1)).max()) for e in range(1, len(self.epochs))]
+
+    def final_gate_range(self) -> tuple[float, float]:
+        """Smallest and largest gate of the last epoch, both cells."""
+        gates = self.all_gates(len(self.epochs) - 1)
+        return float(gates.min()), float(gates.max())
+
     def first_epoch_gate_above(self, threshold: float) -> int | None:
         for e, number in enumerate(self.epochs):
             if self.all_gates(e).max() > threshold:
@@ -157,6 +166,26 @@ def log_segments(lines: list[str]) -> list[float]:
     return [(s[-1] - s[0]).total_seconds() for s in spans if s]
 
 
+RESUMED_AFTER = re.compile(r" resumed from .* after epoch (\d+) of ")
+
+
+def segment_boundaries(run: Run, around: int = 3) -> list[dict]:
+    """Where a resumed run continued, and whether its gates jump there: the largest gate change
+    into the first epoch of each later segment, against the median change of the ``around``
+    epochs before and after (an exact resume shows no jump)."""
+    changes = run.gate_change_per_epoch()   # changes[e - 1]: into epoch index e
+    found = []
+    for line in run.log:
+        m = RESUMED_AFTER.search(line)
+        if not m or not 1 <= int(m.group(1)) < len(run.epochs):
+            continue
+        k = int(m.group(1))                 # epochs done before the segment; epoch index k is its first
+        nearby = changes[max(0, k - 1 - around):k - 1] + changes[k:k + around]
+        found.append({"after_epoch": k, "gate_change": changes[k - 1],
+                      "median_change_nearby": float(np.median(nearby)) if nearby else None})
+    return found
+
+
 def log_span(lines: list[str]) -> float | None:
     """Seconds the run ran, summed over its segments (None for a log without timestamps)."""
     segments = log_segments(lines)
@@ -203,6 +232,8 @@ def run_summary(run: Run, out: Path) -> dict:
         "genotypes": {rule: run.genotype(rule).to_dict() for rule in RULES},
         "wall_seconds": log_span(run.log),
         "segments": len(log_segments(run.log)),
+        "segment_boundaries": segment_boundaries(run),
+        "final_gate_range": list(run.final_gate_range()),
     }
     eigen = run.eigen_summary()
     if eigen is not None:
@@ -214,8 +245,9 @@ def run_summary(run: Run, out: Path) -> dict:
     return s
 
 
-def write_summary(runs: list[Run], out: Path) -> dict:
-    """``summary.json``; a retraining recorded by an earlier ``retrain`` is kept."""
+def write_summary(runs: list[Run], out: Path, compare: Path | None = None) -> dict:
+    """``summary.json``; a retraining recorded by an earlier ``retrain`` is kept, and so is the
+    study compared with (``compared_with``, relative to ``out``) when ``compare`` is not given."""
     path = out / "summary.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     summary = {
@@ -223,6 +255,9 @@ def write_summary(runs: list[Run], out: Path) -> dict:
         "polarised": f"gate < {POLAR_LOW} or > {POLAR_HIGH}, all gates of both cells",
         "runs": {r.label: run_summary(r, out) for r in runs},
     }
+    compared = os.path.relpath(compare, out) if compare is not None else old.get("compared_with")
+    if compared is not None:
+        summary["compared_with"] = compared
     for label, s in summary["runs"].items():
         kept = old.get("runs", {}).get(label, {}).get("retrain")
         if kept and kept.get("search_folder") == s["folder"]:
@@ -341,7 +376,17 @@ def budget_lines(runs: list[Run], summary: dict) -> list[str]:
     study = summary.get("study")
     hardware = (f"Hardware: {study['hardware']}. Command: `{study['command']}`." if study
                 else f"Hardware: not recorded ({STUDY} is written by the `run` subcommand only).")
-    return lines + ["", hardware]
+    return lines + ["", hardware, *boundary_lines(runs, summary)]
+
+
+def boundary_lines(runs: list[Run], summary: dict) -> list[str]:
+    """One line per segment boundary: the gate change there beside the changes around it."""
+    lines = [f"* {r.label}, resumed after epoch {b['after_epoch']}: largest gate change into epoch "
+             f"{b['after_epoch'] + 1} {b['gate_change']:.2e}, median of the epochs around "
+             f"{b['median_change_nearby']:.2e}"
+             for r in runs for b in summary["runs"][r.label].get("segment_boundaries", [])
+             if b["median_change_nearby"] is not None]
+    return ["", "Segment boundaries (the resume is exact: no jump is expected):", "", *lines] if lines else []
 
 
 def results_table(runs: list[Run], summary: dict) -> list[str]:
@@ -421,9 +466,42 @@ def cell_section(runs: list[Run], out: Path) -> list[str]:
     return lines
 
 
-def report(runs: list[Run], out: Path) -> Path:
+def _facts(run: Run, s: dict) -> dict[str, str]:
+    """What the comparison shows of one run (``s``: its entry in its study's summary.json)."""
+    skips = run.skips_per_epoch()
+    lo, hi = run.final_gate_range()
+    sigmoid = run.gate == "sigmoid"
+    first = run.first_epoch_gate_above(GATE_PASSED) if sigmoid else None
+    retrain = s.get("retrain")
+    return {"arch steps": f"{s['arch_steps']:,}" if s.get("arch_steps") is not None else "?",
+            "normal-cell skips, final (max)": f"{skips[-1]} ({max(skips)})",
+            "gates of the final epoch, min-max": f"{lo:.3f}-{hi:.3f}",
+            "polarised, final": f"{run.polarised_share_per_epoch()[-1]:.1%}" if sigmoid else "n/a",
+            "first epoch with a gate > 0.85": ("never" if first is None else str(first)) if sigmoid else "n/a",
+            "retrained test top-1": f"{retrain['test_top1']:.2f}%" if retrain else "not retrained"}
+
+
+def comparison_section(runs: list[Run], summary: dict, out: Path) -> list[str]:
+    """The same searches at another length (``compared_with``): each figure as ``other -> this``."""
+    other_dir = out / summary["compared_with"]
+    other_summary = json.loads((other_dir / "summary.json").read_text())
+    other = {r.label: r for r in study_runs(other_dir)}
+    pairs = [(r, other[r.label]) for r in runs if r.label in other]
+    if not pairs:
+        return []
+    keys = list(_facts(pairs[0][0], summary["runs"][pairs[0][0].label]))
+    lines = [f"## Against `{summary['compared_with']}`", "",
+             f"Each cell: `{summary['compared_with']}` -> this study, same sizes and seed unless the budget "
+             "says otherwise.", "", "| run | " + " | ".join(keys) + " |", "| --- " * (len(keys) + 1) + "|"]
+    for this, that in pairs:
+        a, b = _facts(that, other_summary["runs"][that.label]), _facts(this, summary["runs"][this.label])
+        lines.append(f"| {this.label} | " + " | ".join(f"{a[k]} -> {b[k]}" for k in keys) + " |")
+    return lines + [""]
+
+
+def report(runs: list[Run], out: Path, compare: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    summary = write_summary(runs, out)
+    summary = write_summary(runs, out, compare)
     skips = plot_skips(runs, out)
     heat = plot_gate_heatmaps(runs, out)
     hists = [plot_gate_histograms(r, out) for r in runs]
@@ -434,6 +512,7 @@ def report(runs: list[Run], out: Path) -> Path:
             "Skips: skip connections in the normal cell derived by the DARTS rule from that epoch's gates. "
             f"Polarised: share of all gates of both cells below {POLAR_LOW} or above {POLAR_HIGH}.", "",
             "## Results", "", *results_table(runs, summary), "",
+            *(comparison_section(runs, summary, out) if "compared_with" in summary else []),
             "## Budget", "", *budget_lines(runs, summary), "",
             "## Skip connections per epoch", "", f"![skip connections]({skips.name})", "",
             "## Gate values per epoch (Figure 1 of the Fair DARTS paper)", "", f"![gate heat map]({heat.name})", "",
@@ -589,7 +668,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> Path:
     command = " ".join(["python scripts/collapse_study.py", *argv])
     (args.out / STUDY).write_text(json.dumps({"hardware": hardware(args.device), "command": command}, indent=1) + "\n")
     runs = [load_run(label, keep_small_artefacts(runs_dir / label, args.out / label)) for label in PLANS]
-    path = report(runs, args.out)
+    path = report(runs, args.out, args.compare)
     if args.retrain:
         retrain(runs, args.out)
         path = report(runs, args.out)
@@ -603,6 +682,8 @@ def build_parser() -> CLIParser:
     sub = p.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="summary.json, plots and report.md from finished run folders")
     rep.add_argument("--runs", nargs="+", required=True, help="LABEL=RUN_DIR entries")
+    rep.add_argument("--compare", type=Path, default=None,
+                     help="another study folder (e.g. the same searches at another length): a table of both")
     rep.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
                      help="folder of summary.json, the plots and report.md (default: reports/collapse_long)")
     ret = sub.add_parser("retrain", help="retrain the derived genotypes of a reported study, then report again")
@@ -626,6 +707,8 @@ def build_parser() -> CLIParser:
     run.add_argument("--hessian_every", type=int, default=None,
                      help="record the largest eigenvalue of the architecture Hessian every N epochs in each search "
                           "(the collapse instrument; also when a search resumes; default: off)")
+    run.add_argument("--compare", type=Path, default=None,
+                     help="another study folder (e.g. the same searches at another length): a table of both")
     run.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                      help="retrain the derived genotypes afterwards (default: off)")
     run.add_argument("--out", type=Path, default=Path("reports/collapse_long"),
@@ -636,7 +719,7 @@ def build_parser() -> CLIParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
-        path = report(parse_run_specs(args.runs), args.out)
+        path = report(parse_run_specs(args.runs), args.out, args.compare)
     elif args.command == "retrain":
         runs = study_runs(args.out)
         retrain(runs, args.out)

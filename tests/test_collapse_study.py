@@ -49,6 +49,9 @@ def recompute(run: Path, summary: dict) -> None:
         assert summary["first_epoch_gate_above_0_85"] == (int(h["epochs"][above[0]]) + 1 if len(above) else None)
     else:
         assert "polarised_share" not in summary
+    if "final_gate_range" in summary:  # summaries written since 2026-12-07
+        last = np.concatenate([normal[-1].ravel(), reduce[-1].ravel()])
+        assert summary["final_gate_range"] == pytest.approx([last.min(), last.max()])
     eigen = run / "hessian_eigen.json"
     if eigen.is_file():
         records = json.loads(eigen.read_text())["records"]
@@ -158,6 +161,47 @@ def test_run_passes_hessian_every_to_new_and_resumed_searches(tmp_path):
     assert "--hessian_every" not in study["search_command"]("DARTS", plain, tmp_path / "new")
 
 
+def test_segment_boundary_shows_a_jump_in_the_gates(tmp_path):
+    """A resumed run's boundary is found from its log; a gate jump there stands out against the
+    epochs around it, a smooth history does not."""
+    folder = fake_run(tmp_path / "a", "sigmoid", 8, 0)
+    with (folder / "log.txt").open("a") as f:
+        f.write(f"2026-12-03 06:00:00 resumed from {folder}/checkpoint.pt after epoch 4 of 8\n")
+    with np.load(folder / "alpha_history.npz") as h:
+        data = dict(h)
+    drift = 0.01 * np.arange(8)[:, None, None]  # every gate moves by 0.01 an epoch
+    data["gated_normal"] = np.broadcast_to(0.3 + drift, data["gated_normal"].shape).copy()
+    data["gated_reduce"] = np.broadcast_to(0.6 - drift, data["gated_reduce"].shape).copy()
+    np.savez(folder / "alpha_history.npz", **data)
+    (smooth,) = study["segment_boundaries"](study["load_run"]("A", folder))
+    data["gated_normal"][4:] += 0.5  # a jump into epoch index 4
+    np.savez(folder / "alpha_history.npz", **data)
+    (jump,) = study["segment_boundaries"](study["load_run"]("A", folder))
+    assert smooth["after_epoch"] == jump["after_epoch"] == 4
+    assert smooth["gate_change"] == pytest.approx(smooth["median_change_nearby"]) == pytest.approx(0.01)
+    assert jump["gate_change"] == pytest.approx(0.51) and jump["median_change_nearby"] == pytest.approx(0.01)
+
+
+def test_report_compares_with_another_study(fake_study, tmp_path):
+    """--compare puts both studies' figures side by side (other -> this); it is kept in
+    summary.json, so a later report (e.g. after retrain) keeps the table."""
+    runs, other = fake_study
+    longer = {"DARTS": fake_run(tmp_path / "c", "softmax", 9, 3),
+              "FairDARTS": fake_run(tmp_path / "d", "sigmoid", 9, 4)}
+    out = tmp_path / "longer"
+    specs = [f"{k}={v}" for k, v in longer.items()]
+    assert study["main"](["report", "--runs", *specs, "--out", str(out), "--compare", str(other)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compared_with"] == "../study"
+    text = (out / "report.md").read_text()
+    assert "## Against `../study`" in text
+    section = text.split("## Against")[1].split("## Budget")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| FairDARTS |"))
+    assert "| 42 -> 81 |" in row  # the other study's FairDARTS has no log: 6 epochs x 7 steps from its config
+    assert study["main"](["report", "--runs", *specs, "--out", str(out)]) == 0
+    assert "## Against `../study`" in (out / "report.md").read_text()
+
+
 def test_report_rejects_what_is_not_a_run_folder(tmp_path):
     with pytest.raises(UserError, match="not a finished search run folder"):
         study["main"](["report", "--runs", f"X={tmp_path}", "--out", str(tmp_path / "o")])
@@ -211,6 +255,27 @@ def test_run_searches_reports_and_retrains(tmp_path):
 
 # ----- the committed study ------------------------------------------------------------------------
 LONG = REPO / "reports" / "collapse_long"
+
+
+PAPER = REPO / "reports" / "collapse_paper"
+
+
+def test_committed_paper_length_study_recomputes_from_its_npz():
+    """reports/collapse_paper (issue 23): 50 epochs of 196 architecture steps = 9,800 per search,
+    run in segments; every number recomputed from the committed files, no gate jump where a
+    segment resumed, and the table against collapse_long."""
+    summary = json.loads((PAPER / "summary.json").read_text())
+    assert set(summary["runs"]) == {"DARTS", "DARTS_noise", "FairDARTS"}
+    for label, run in summary["runs"].items():
+        assert run["epochs"] == 50 and run["arch_steps"] == 9800 and run["arch_steps_source"] == "log.txt", label
+        assert run["arch_steps_per_epoch"] == [196] * 50, label
+        assert run["segments"] >= 2 and len(run["segment_boundaries"]) == run["segments"] - 1, label
+        for b in run["segment_boundaries"]:
+            assert b["gate_change"] <= 3 * b["median_change_nearby"], (label, b)
+        recompute(PAPER / label, run)
+        assert "retrain" in run and run["retrain"]["epochs"] == 50, label
+    assert summary["compared_with"] == "../collapse_long"
+    assert "## Against `../collapse_long`" in (PAPER / "report.md").read_text()
 
 
 def test_committed_long_study_recomputes_from_its_npz():
