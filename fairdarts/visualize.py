@@ -71,6 +71,10 @@ def cell_to_dot(genotype: Genotype, reduction: bool, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Seconds one ``dot`` call may take (a cell draws in well under a second).
+DOT_TIMEOUT_S = 120
+
+
 def render_genotype(genotype: Genotype, out_dir: str | Path, name: str = "genotype") -> list[Path]:
     """Write ``<name>_normal`` and ``<name>_reduction`` as .dot, and .png/.svg when ``dot`` exists.
 
@@ -87,8 +91,13 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, name: str = "genoty
             continue
         for fmt in ("png", "svg"):
             target = stem.with_suffix(f".{fmt}")
-            result = subprocess.run([dot, f"-T{fmt}", str(stem.with_suffix(".dot")), "-o", str(target)],
-                                    capture_output=True, text=True)
+            try:
+                result = subprocess.run([dot, f"-T{fmt}", str(stem.with_suffix(".dot")), "-o", str(target)],
+                                        capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired) as exc:  # e.g. no process left to fork (EAGAIN)
+                reason = exc.strerror if isinstance(exc, OSError) else f"no answer in {DOT_TIMEOUT_S} s"
+                raise UserError(f"could not run graphviz's dot for {target} ({reason}); the .dot files are "
+                                f"written: `dot -T{fmt} {stem.with_suffix('.dot')} -o {target}` renders one later")
             if result.returncode != 0:
                 raise UserError(f"graphviz failed to render {target}: {result.stderr.strip()[:200]}")
             written.append(target)

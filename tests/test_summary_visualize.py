@@ -77,3 +77,20 @@ def test_visualize_writes_png_and_svg(tmp_path: Path) -> None:
     for kind in ("normal", "reduction"):
         assert (tmp_path / f"FairDARTS_a_{kind}.png").read_bytes()[:4] == b"\x89PNG"
         assert "<svg" in (tmp_path / f"FairDARTS_a_{kind}.svg").read_text()
+
+
+@pytest.mark.parametrize("failure", [BlockingIOError(11, "Resource temporarily unavailable"),
+                                     subprocess.TimeoutExpired(["dot"], 120)])
+def test_dot_that_cannot_start_is_one_clear_error(tmp_path: Path, monkeypatch, failure: Exception) -> None:
+    """A `dot` that cannot be started (no process left to fork: EAGAIN) or hangs is a UserError
+    naming the .dot file to render later, not a traceback; a search's end logs it and goes on."""
+    from fairdarts import visualize
+    from fairdarts.errors import UserError
+
+    def refuse(*args, **kwargs):
+        raise failure
+    monkeypatch.setattr(visualize.shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(visualize.subprocess, "run", refuse)
+    with pytest.raises(UserError, match=r"could not run graphviz's dot .*\.dot files are written"):
+        visualize.render_genotype(get_genotype("FairDARTS_a"), tmp_path, "g")
+    assert (tmp_path / "g_normal.dot").is_file()
