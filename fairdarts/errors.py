@@ -28,6 +28,11 @@ def one_line(text: object) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``: a count in a message, with the noun's plural when it needs one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
     """Run ``main(argv)`` and exit with its code; a :class:`UserError` becomes ``error: <message>``."""
     try:

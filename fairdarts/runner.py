@@ -27,7 +27,7 @@ from fairdarts.checkpoint_schema import Context, Record, check_checkpoint, nonfi
 from fairdarts.config import resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.distributed import DistContext, cleanup_distributed, init_distributed, wait_for_all_ranks
-from fairdarts.errors import UserError
+from fairdarts.errors import UserError, counted
 from fairdarts.guards import DivergenceError
 from fairdarts.invocation import prog
 from fairdarts.reproducibility import restore_rng_state, seed_everything
@@ -124,7 +124,7 @@ class EpochRun(Generic[C]):
         """Why the run stopped, what its folder keeps and what to do next, in one line."""
         resumable = CHECKPOINT in self.kept
         if resumable:
-            kept = " and ".join(f"{name} with {epochs} epochs done" for name, epochs in self.kept.items())
+            kept = " and ".join(f"{name} with {counted(epochs, 'epoch')} done" for name, epochs in self.kept.items())
             kept = f"the run folder keeps {kept}"
         else:
             kept = f"the run wrote no {CHECKPOINT}, so there is nothing to resume"
@@ -177,8 +177,8 @@ class EpochRun(Generic[C]):
         """DivergenceError naming the first tensors of ``state`` that hold NaN or infinite values."""
         bad = nonfinite_paths(state)
         if bad:
-            raise DivergenceError(f"the state after {epochs_done} epochs holds NaN or infinite values in {len(bad)} "
-                                  f"tensors ({', '.join(bad[:3])})")
+            raise DivergenceError(f"the state after {counted(epochs_done, 'epoch')} holds NaN or infinite values in "
+                                  f"{len(bad)} tensors ({', '.join(bad[:3])})")
 
     def load_modules(self, state: dict[str, Any]) -> None:
         """Weights and optimizer states; RuntimeError, ValueError or KeyError when they do not fit."""

@@ -92,7 +92,7 @@ def test_infinite_alphas_with_a_finite_loss_stop_before_anything_is_written(fini
     genotype = (run / "genotype.json").read_bytes()
     message = _stopped(lambda: search_cli.main(["--resume", str(run), "--epochs", "2"], searcher_cls=InfiniteAlpha))
     assert "the state after 2 epochs holds NaN or infinite values in 1 tensors (model.alphas" in message, message
-    assert "the run folder keeps checkpoint.pt with 1 epochs done; start again with a lower --learning_rate" in message
+    assert "the run folder keeps checkpoint.pt with 1 epoch done; start again with a lower --learning_rate" in message
     assert f"--resume {run} --skip_nonfinite" in message
     assert (run / "checkpoint.pt").read_bytes() == before and (run / "genotype.json").read_bytes() == genotype
 
@@ -102,7 +102,7 @@ def test_a_nan_validation_loss_stops_the_search(finished, tmp_path, monkeypatch)
     monkeypatch.setattr(Searcher, "validate", lambda self: (math.nan, 10.0))
     message = _stopped(lambda: search_cli.main(["--resume", str(run), "--epochs", "2"]))
     assert message.startswith("the validation loss became nan at epoch 1: the run stopped; the run folder keeps "
-                              "checkpoint.pt with 1 epochs done"), message
+                              "checkpoint.pt with 1 epoch done"), message
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -113,7 +113,7 @@ def test_an_infinite_test_loss_stops_the_retraining_and_keeps_both_files(finishe
                         lambda *a, **k: torch.tensor([math.inf, 8.0, 8.0, 8.0], dtype=torch.float64))
     message = _stopped(lambda: train_main(["--resume", str(run), "--epochs", "2"]))
     assert message.startswith("the test loss became inf at epoch 1: the run stopped; the run folder keeps "
-                              "checkpoint.pt with 1 epochs done and model_best.pt with 1 epochs done"), message
+                              "checkpoint.pt with 1 epoch done and model_best.pt with 1 epoch done"), message
     assert (run / "checkpoint.pt").read_bytes() == before and (run / "model_best.pt").read_bytes() == best
 
 
@@ -152,7 +152,7 @@ def test_a_full_disk_at_model_best_says_the_checkpoint_was_written(tmp_path, mon
     _full_disk_at(monkeypatch, "model_best.pt")
     message = _stopped(lambda: train_main([*TRAIN_ARGS, "--epochs", "1", "--save", str(run)]))
     assert message == (f"could not write {run / 'model_best.pt'}: No space left on device; it was not written (none "
-                       "existed before): the run stopped; the run folder keeps checkpoint.pt with 1 epochs done; "
+                       "existed before): the run stopped; the run folder keeps checkpoint.pt with 1 epoch done; "
                        f"free space, then resume with --resume {run}")
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     monkeypatch.undo()

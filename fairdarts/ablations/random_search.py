@@ -23,7 +23,7 @@ from fairdarts import build_network
 from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.checkpoint_schema import CANDIDATE
 from fairdarts.distributed import DistContext, init_distributed
-from fairdarts.errors import UserError
+from fairdarts.errors import UserError, counted
 from fairdarts.reproducibility import capture_rng_state
 from fairdarts.resume import open_run, write_run_config
 from fairdarts.run_dir import atomic_write_text
@@ -190,7 +190,7 @@ def train_and_rank(candidates: list[Candidate], cfg: DartsSearchConfig, data: Se
     for i, c in enumerate(candidates):
         name = f"arch_{i:02d}"
         acc = CandidateTraining(cfg, c.genotype, data, Path(run_dir) / "random" / name, dist, logger).run()
-        logger.info("%s: valid_acc %.2f after %d epochs", name, acc, cfg.train_random_epochs)
+        logger.info("%s: valid_acc %.2f after %s", name, acc, counted(cfg.train_random_epochs, "epoch"))
         results.append({"name": name, "valid_acc": acc})
     for rank, r in enumerate(sorted(results, key=lambda r: -r["valid_acc"]), 1):
         r["rank"] = rank

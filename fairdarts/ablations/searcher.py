@@ -20,6 +20,7 @@ from fairdarts.ablations.config import DartsSearchConfig
 from fairdarts.ablations.noise import add_skip_noise, noise_scale, set_noise_scale
 from fairdarts.ablations.reweight import reweight_genotype
 from fairdarts.distributed import DistContext
+from fairdarts.errors import counted
 from fairdarts.search.loop import EpochStats
 from fairdarts.search.searcher import SearchData, Searcher
 from fairdarts.search_space import Genotype
@@ -33,8 +34,8 @@ class DartsSearcher(Searcher):
         super().__init__(cfg, run_dir, dist, logger, data)
         self.noisy_skips = add_skip_noise(self.model, cfg.noise_type) if cfg.noise_darts else []
         if cfg.noise_darts:
-            self.log.info("noise (%s, %s over %d epochs) on %d stride-1 skip connections", cfg.noise_type,
-                          cfg.noise_scheduler, cfg.max_step, len(self.noisy_skips))
+            self.log.info("noise (%s, %s over %s) on %d stride-1 skip connections", cfg.noise_type,
+                          cfg.noise_scheduler, counted(cfg.max_step, "epoch"), len(self.noisy_skips))
 
     def train_one_epoch(self, epoch: int, lr: float) -> EpochStats:
         """Set this epoch's noise scale first: the scale depends on the epoch only, so a resumed run
