@@ -93,6 +93,13 @@ def test_evaluate_needs_only_the_checkpoint(tiny_run, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.index("FLOPs") < out.index("top-1") and "images/s" in out and "class 0:" in out
     assert (tmp_path / "cm.png").stat().st_size > 0
+    before = torch.get_num_threads()
+    try:
+        assert evaluate_main(["--model_path", str(tiny_run / "model_best.pt"), "--device", "cpu", "--subset", "8",
+                              "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "images/s, 1 CPU thread)" in capsys.readouterr().out  # the singular for one
 
 
 def test_resume_refuses_changed_flags(tiny_run):

@@ -20,7 +20,7 @@ from fairdarts.config import field_help, resolve_config
 from fairdarts.cpu_allocator import keep_freed_memory
 from fairdarts.data import DATASET_CHOICES, BatchAugment, InMemoryImages, InMemoryLoader, load_dataset, make_dataloader
 from fairdarts.distributed import resolve_device
-from fairdarts.errors import UserError, one_line, run_cli
+from fairdarts.errors import UserError, counted, one_line, run_cli
 from fairdarts.evaluation.evaluator import (
     MANIFEST, EvalResult, LoadedModel, evaluate, load_model, plot_confusion,
 )
@@ -149,7 +149,7 @@ def print_cost(loaded: LoadedModel) -> tuple[int, ...]:
 
 def report(result: EvalResult, names: list[str] | None, per_class: bool, threads: int) -> None:
     print(f"test: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
-          f"({result.n} images, {result.images_per_s:.1f} images/s, {threads} CPU threads)")
+          f"({result.n} images, {result.images_per_s:.1f} images/s, {counted(threads, 'CPU thread')})")
     if per_class:
         for i, acc in enumerate(result.per_class.tolist()):
             label = names[i] if names and i < len(names) else str(i)
