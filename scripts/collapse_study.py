@@ -334,9 +334,14 @@ def plot_eigenvalues(runs: list[Run], out: Path) -> Path | None:
     return _save(fig, out / "hessian_eigen.png")
 
 
-def snapshot_epochs(n: int, count: int = 5) -> list[int]:
-    """Up to ``count`` epoch indices spread from the first to the last."""
-    return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)}) if n > 1 else [0]
+#: Where the histograms look, as shares of the search: the paper's Figure 1 shows epochs 1, 10,
+#: 25 and 50 of 50.
+SNAPSHOTS = (0.0, 0.2, 0.5, 1.0)
+
+
+def snapshot_epochs(n: int) -> list[int]:
+    """Epoch indices of the histograms: the first epoch, then 20%, 50% and 100% of ``n``."""
+    return sorted({max(round(share * n) - 1, 0) for share in SNAPSHOTS})
 
 
 def plot_gate_histograms(run: Run, out: Path) -> Path:
