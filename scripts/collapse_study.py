@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fairdarts.errors import CLIParser, UserError, run_cli  # noqa: E402
-from fairdarts.search.collapse import EIGEN_FILE  # noqa: E402
+from fairdarts.search.collapse import EIGEN_FILE, DartsES  # noqa: E402
 from fairdarts.search.spaces import CellSpace  # noqa: E402
 from fairdarts.search_space import Genotype, derive, resolve_primitives  # noqa: E402
 from fairdarts.visualize import render_genotype  # noqa: E402
@@ -124,7 +124,7 @@ class Run:
         return {"epochs": [r["epoch"] + 1 for r in records], "largest": [r["largest"] for r in records],
                 "smallest": [r["smallest"] for r in records], "iterations": [r["iterations"] for r in records],
                 "converged": [r["converged"] for r in records], "batches": [r["batches"] for r in records],
-                "early_stop": self.eigen.get("early_stop")}
+                "early_stop": self.eigen.get("early_stop"), "darts_es_replay": darts_es_replay(records)}
 
     def steps_per_epoch(self) -> tuple[list[int] | None, str]:
         """Search steps (one architecture step each) of every epoch, and where they come from.
@@ -147,6 +147,20 @@ class Run:
             n = min(n, cfg["max_steps_per_epoch"])
         return [n] * len(self.epochs), "config.yaml (ceil(floor(train_portion * subset) / batch_size))"
 
+
+
+def darts_es_replay(records: list[dict]) -> dict | None:
+    """What RobustDARTS' DARTS-ES rule (their defaults) decides on these records, replayed record by
+    record as the search would have with ``--early_stop_eigen``: the first firing (epochs from 1),
+    or None. Shown for every run, so a search run without the rule still says where it would
+    have stopped."""
+    epochs, values = [r["epoch"] for r in records], [r["largest"] for r in records]
+    for k in range(1, len(records) + 1):
+        stop = DartsES().check(epochs[:k], values[:k])
+        if stop is not None:
+            return {"stopped_after": stop.stopped_after + 1, "genotype_epoch": stop.genotype_epoch + 1,
+                    "ratio": stop.ratio}
+    return None
 
 
 RESUMED = re.compile(r"^\S+ \S+ resumed from ")
@@ -442,6 +456,12 @@ def eigen_section(runs: list[Run], summary: dict, plot: Path) -> list[str]:
             stop = e["early_stop"]
             lines.append(f"* {r.label}: DARTS-ES stopped the search after epoch {stop['stopped_after'] + 1} "
                          f"(local average x{stop['ratio']:.2f}); genotype of epoch {stop['genotype_epoch'] + 1}")
+        elif e is not None:
+            replay = e.get("darts_es_replay")
+            lines.append(f"* {r.label}: DARTS-ES (window 5, delta 4, factor 1.3; not switched on) "
+                         + (f"would have stopped the search after epoch {replay['stopped_after']} (local average "
+                            f"x{replay['ratio']:.2f}) and kept the genotype of epoch {replay['genotype_epoch']}"
+                            if replay else f"would not have fired on these {len(e['epochs'])} records"))
     return lines + [""]
 
 

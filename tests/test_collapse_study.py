@@ -57,6 +57,8 @@ def recompute(run: Path, summary: dict) -> None:
         records = json.loads(eigen.read_text())["records"]
         assert summary["hessian_eigen"]["epochs"] == [r["epoch"] + 1 for r in records]
         assert summary["hessian_eigen"]["largest"] == [r["largest"] for r in records]
+        if "darts_es_replay" in summary["hessian_eigen"]:  # summaries written since 2026-12-07
+            assert summary["hessian_eigen"]["darts_es_replay"] == study["darts_es_replay"](records)
     else:
         assert "hessian_eigen" not in summary
 
@@ -200,6 +202,22 @@ def test_report_compares_with_another_study(fake_study, tmp_path):
     assert "| 42 -> 81 |" in row  # the other study's FairDARTS has no log: 6 epochs x 7 steps from its config
     assert study["main"](["report", "--runs", *specs, "--out", str(out)]) == 0
     assert "## Against `../study`" in (out / "report.md").read_text()
+
+
+def test_darts_es_replay_says_where_the_rule_would_have_stopped():
+    """Replayed record by record with RobustDARTS' defaults: a flat curve never fires; one that
+    rises by more than 1.3x over 4 records fires at the first record that shows it, designating
+    the genotype window // 2 + delta records earlier (epochs from 1 in the summary)."""
+    flat = [{"epoch": e, "largest": 0.1} for e in range(0, 50, 2)]
+    assert study["darts_es_replay"](flat) is None
+    rising = [{"epoch": e, "largest": 0.1 if e < 30 else 0.5} for e in range(0, 50, 2)]
+    replay = study["darts_es_replay"](rising)
+    from fairdarts.search.collapse import DartsES
+
+    epochs, values = [r["epoch"] for r in rising], [r["largest"] for r in rising]
+    first = next(k for k in range(1, len(rising) + 1) if DartsES().check(epochs[:k], values[:k]))
+    assert replay["stopped_after"] == epochs[first - 1] + 1 == 31  # the first record at 0.5: epoch index 30
+    assert replay["genotype_epoch"] == epochs[first - 1 - 2 - 4] + 1 and replay["ratio"] > 1.3
 
 
 def test_report_rejects_what_is_not_a_run_folder(tmp_path):
