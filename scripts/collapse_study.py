@@ -164,18 +164,29 @@ def darts_es_replay(records: list[dict]) -> dict | None:
 
 
 RESUMED = re.compile(r"^\S+ \S+ resumed from ")
+#: The first lines a search or retraining process writes (before its ``resumed from`` line).
+PROCESS_START = re.compile(r"^\S+ \S+ (note: the lock of PID \d+, which no longer runs, was taken over|\w+ config: )")
 
 
 def log_segments(lines: list[str]) -> list[float]:
-    """Seconds of each segment of a log, first to last timestamp. A resumed run starts a new
-    segment at its ``resumed from`` line, so a pause between two sessions is not counted."""
+    """Seconds of each segment of a log, first to last timestamp, so that a pause between two
+    sessions is not counted. A later segment starts at the first line its process wrote (the
+    lock note or the config line), or, in a log without them, at its ``resumed from`` line."""
     spans: list[list[datetime]] = []
+    prev_start, may_resume = False, False  # may_resume: a later segment whose resume line is still to come
     for line in lines:
         m = TIMESTAMP.match(line)
         if not m:
             continue
-        if not spans or RESUMED.match(line):
+        start, resumed = bool(PROCESS_START.match(line)), bool(RESUMED.match(line))
+        if not spans or (start and not prev_start):
+            may_resume = bool(spans)
             spans.append([])
+        elif resumed and may_resume:
+            may_resume = False
+        elif resumed:
+            spans.append([])
+        prev_start = start
         spans[-1].append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
     return [(s[-1] - s[0]).total_seconds() for s in spans if s]
 

@@ -131,6 +131,16 @@ def test_wall_time_sums_the_segments_of_a_resumed_run():
     assert study["log_segments"](lines) == [130 * 60, 30 * 60]
     assert study["log_span"](lines) == 160 * 60
     assert study["log_span"](["no timestamp"]) is None
+    # A resumed process writes its lock note, config and kernel lines before `resumed from`:
+    # they open the new segment (the pause went into the first one before).
+    resumed = ["2026-12-07 18:00:00 search config: {}", "2026-12-07 20:10:00 epoch 1 train_acc ...",
+               "2026-12-08 09:00:00 note: the lock of PID 7, which no longer runs, was taken over",
+               "2026-12-08 09:00:00 search config: {}", "2026-12-08 09:00:05 native CPU kernels: on",
+               "2026-12-08 09:00:06 resumed from /r/checkpoint.pt after epoch 2 of 4",
+               "2026-12-08 09:30:00 epoch 3 train_acc ...",
+               "2026-12-08 10:00:00 search config: {}", "2026-12-08 10:00:01 resumed from /r/checkpoint.pt",
+               "2026-12-08 10:10:00 epoch 3 train_acc ..."]
+    assert study["log_segments"](resumed) == [130 * 60, 30 * 60, 10 * 60]
 
 
 def test_report_is_made_from_the_data(fake_study):

@@ -33,6 +33,7 @@ from typing import Iterator
 
 import torch
 
+from fairdarts.errors import counted
 from fairdarts.search_space.native import cache
 
 ENV_SWITCH = "FAIRDARTS_NATIVE_KERNELS"
@@ -225,7 +226,7 @@ def status() -> str:
     lib = library()
     if lib is None:
         return f"off ({unavailable_reason()}): PyTorch's kernels throughout"
-    threads = f"OpenMP, {torch.get_num_threads()} threads" if openmp() else "no OpenMP, 1 thread"
+    threads = f"OpenMP, {counted(torch.get_num_threads(), 'thread')}" if openmp() else "no OpenMP, 1 thread"
     return f"on ({_state['origin']}, {threads}): {COVERS}; PyTorch's kernels for the rest"
 
 
