@@ -114,6 +114,12 @@ def coverage_of(command: str) -> str:
     return modes[0]
 
 
+def test_readme_stays_short():
+    """The front page: what it is, set-up, the walkthrough, everyday commands, links; the
+    reference lives in docs/ (issue 26: at most 300 lines)."""
+    assert len(README.splitlines()) <= 300
+
+
 def test_every_readme_command_is_covered():
     walk, other = readme_commands()
     assert len(walk) == 6, walk
