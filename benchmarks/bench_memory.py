@@ -59,30 +59,38 @@ MODELS: dict[str, Model] = {
 }
 
 
-def build(name: str, quick: bool, image_size: int, width_mult: float) -> tuple[torch.nn.Module, object]:
-    """The model and the ``arch`` argument of :func:`~fairdarts.search_space.memory.training_memory`."""
+def arch_of(name: str) -> object:
+    """The ``arch`` argument of :func:`~fairdarts.search_space.memory.training_memory`: the
+    candidate ops of a supernet, the genotype of a derived network."""
+    from fairdarts.search_space import FAIRDARTS_PRIMITIVES, get_genotype, mobile_primitives
+
+    kind = MODELS[name].kind
+    if kind == "cell_supernet":
+        return FAIRDARTS_PRIMITIVES
+    return mobile_primitives(False) if kind == "s2_supernet" else get_genotype(name)
+
+
+def build(name: str, quick: bool, image_size: int, width_mult: float) -> torch.nn.Module:
+    """The model, as the fresh process measures it."""
     import fairdarts
-    from fairdarts.search_space import FAIRDARTS_PRIMITIVES, MobileSupernet, Supernet, get_genotype, mobile_primitives
+    from fairdarts.search_space import FAIRDARTS_PRIMITIVES, MobileSupernet, Supernet
 
     m, k = MODELS[name], int(quick)
     if m.kind == "cell_supernet":
-        return Supernet(m.channels[k], m.num_classes, m.layers[k], FAIRDARTS_PRIMITIVES, gate="sigmoid"), \
-            FAIRDARTS_PRIMITIVES
+        return Supernet(m.channels[k], m.num_classes, m.layers[k], FAIRDARTS_PRIMITIVES, gate="sigmoid")
     if m.kind == "cell_network":
         return fairdarts.build_network(name, m.channels[k], m.layers[k], m.num_classes, auxiliary=True,
-                                       image_size=image_size), get_genotype(name)
+                                       image_size=image_size)
     if m.kind == "s2_supernet":
-        return MobileSupernet(m.num_classes, width_mult=width_mult), mobile_primitives(False)
-    return fairdarts.build_network(name, num_classes=m.num_classes, width_mult=width_mult,
-                                   image_size=image_size), get_genotype(name)
+        return MobileSupernet(m.num_classes, width_mult=width_mult)
+    return fairdarts.build_network(name, num_classes=m.num_classes, width_mult=width_mult, image_size=image_size)
 
 
 def child(name: str, batch: int, quick: bool, image_size: int, width_mult: float, device: str) -> dict:
     """Runs in the fresh process: one training step; peak memory in MiB."""
     torch.manual_seed(0)
     dev = torch.device(device)
-    net, _ = build(name, quick, image_size, width_mult)
-    net = net.to(dev).train()
+    net = build(name, quick, image_size, width_mult).to(dev).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, image_size, image_size, device=dev)
     y = torch.randint(0, MODELS[name].num_classes, (batch,), device=dev)
@@ -111,8 +119,8 @@ def measure(name: str, batches: list[int], quick: bool, image_size: int, width_m
         peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
         print(f"{name} batch {b}: peak {peaks[-1]:.0f} MiB", file=sys.stderr, flush=True)
     slope = (peaks[-1] - peaks[0]) / (batches[-1] - batches[0])
-    _, arch = build(name, quick, image_size, width_mult)
-    estimate = training_memory(arch, 1, image_size, m.channels[k], m.layers[k], width_mult)  # type: ignore[arg-type]
+    # The estimate needs no model: none is built in this process.
+    estimate = training_memory(arch_of(name), 1, image_size, m.channels[k], m.layers[k], width_mult)  # type: ignore[arg-type]
     per_image_estimate = estimate.activations / MiB
     return {"model": name, "image_size": image_size, "width_mult": width_mult,
             "init_channels": m.channels[k] or None, "layers": m.layers[k] or None, "batches": batches,

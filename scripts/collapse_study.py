@@ -468,8 +468,9 @@ def eigen_section(runs: list[Run], summary: dict, plot: Path) -> list[str]:
             lines.append(f"* {r.label}: DARTS-ES stopped the search after epoch {stop['stopped_after'] + 1} "
                          f"(local average x{stop['ratio']:.2f}); genotype of epoch {stop['genotype_epoch'] + 1}")
         elif e is not None:
-            replay = e.get("darts_es_replay")
-            lines.append(f"* {r.label}: DARTS-ES (window 5, delta 4, factor 1.3; not switched on) "
+            replay, rule = e.get("darts_es_replay"), DartsES()
+            lines.append(f"* {r.label}: DARTS-ES (window {rule.window}, delta {rule.delta}, factor {rule.factor}; "
+                         "not switched on) "
                          + (f"would have stopped the search after epoch {replay['stopped_after']} (local average "
                             f"x{replay['ratio']:.2f}) and kept the genotype of epoch {replay['genotype_epoch']}"
                             if replay else f"would not have fired on these {len(e['epochs'])} records"))
@@ -504,15 +505,15 @@ def cell_section(runs: list[Run], out: Path) -> list[str]:
 
 def _facts(run: Run, s: dict) -> dict[str, str]:
     """What the comparison shows of one run (``s``: its entry in its study's summary.json)."""
-    skips = run.skips_per_epoch()
-    lo, hi = run.final_gate_range()
+    skips = s["skips_per_epoch"]
+    lo, hi = run.final_gate_range()   # not in summaries written before 2026-12-07
     sigmoid = run.gate == "sigmoid"
-    first = run.first_epoch_gate_above(GATE_PASSED) if sigmoid else None
+    first = s.get("first_epoch_gate_above_0_85")
     retrain = s.get("retrain")
     return {"arch steps": f"{s['arch_steps']:,}" if s.get("arch_steps") is not None else "?",
             "normal-cell skips, final (max)": f"{skips[-1]} ({max(skips)})",
             "gates of the final epoch, min-max": f"{lo:.3f}-{hi:.3f}",
-            "polarised, final": f"{run.polarised_share_per_epoch()[-1]:.1%}" if sigmoid else "n/a",
+            "polarised, final": f"{s['polarised_share']:.1%}" if sigmoid else "n/a",
             "first epoch with a gate > 0.85": ("never" if first is None else str(first)) if sigmoid else "n/a",
             "retrained test top-1": f"{retrain['test_top1']:.2f}%" if retrain else "not retrained"}
 
